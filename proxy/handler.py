@@ -1,0 +1,269 @@
+"""The request path: parse the target, work out the connection, admit it through the gate,
+forward, and replay once when a token 401 says the request started on a rotated token.
+
+It is the seam between the forwarder (which knows nothing of tokens) and the gate (which
+knows nothing of HTTP); it owns the one access-log line per request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.errors import MethodNotAllowed, Overloaded, ProxyError, to_response
+from proxy.forward import Body, Forwarder, UpstreamBodyError
+from proxy.gate import ConnectionKey, Credentials, Gate, Lease
+from proxy.metrics import Metrics, api_label
+from proxy.routing import (
+    APP_HEADER,
+    AUTH_HEADER,
+    CONSUMER_HEADER,
+    DATA_APIS,
+    SERVICE_HEADER,
+    credential_fingerprint,
+    first_segment,
+    is_upload_route,
+    parse_target,
+    upstream_request_headers,
+)
+from proxy.settings import Settings
+from proxy.vault import ServiceResolver, is_token_failure
+
+log = structlog.get_logger("proxy.access")
+
+_ID_LIKE = re.compile(r"\d|^[A-Za-z0-9_-]{20,}$|%")
+
+
+def path_template(path: str) -> str:
+    """Collapse ids so the log shows the endpoint, not a customer's record ids."""
+    parts = path.split("/")
+    return "/".join("{id}" if i > 2 and _ID_LIKE.search(p) else p for i, p in enumerate(parts))
+
+
+@dataclass
+class _Ctx:
+    method: str
+    path: str = "-"
+    unified_api: str | None = None
+    service_id: str | None = None
+    connection: str | None = None
+    gated: bool = False
+    ungated_reason: str | None = None
+    held_s: float = 0.0
+    replayed: bool = False
+    upstream_request_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        forwarder: Forwarder,
+        gate: Gate,
+        resolver: ServiceResolver,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._forwarder = forwarder
+        self._gate = gate
+        self._resolver = resolver
+        self._metrics = metrics
+        self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        ctx = _Ctx(request.method)
+        status = 0
+        try:
+            if self._in_flight >= self._settings.max_in_flight:
+                raise Overloaded("too many requests in flight", retry_after_s=1.0)
+            self._in_flight += 1
+            try:
+                response = await self._handle(request, ctx)
+            finally:
+                self._in_flight -= 1
+            status = response.status
+            return response
+        except ProxyError as exc:
+            self._metrics.rejected.labels(exc.type_name).inc()
+            status = exc.status
+            return to_response(exc)
+        except UpstreamBodyError:
+            status = 502
+            ctx.extra["aborted"] = "upstream body cut short"
+            raise
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            status = 499  # the client went away mid-response
+            raise
+        finally:
+            duration = time.monotonic() - started
+            self._metrics.requests.labels(
+                ctx.method, f"{status // 100}xx" if status else "none", api_label(ctx.unified_api)
+            ).inc()
+            log.info(
+                "request",
+                method=ctx.method,
+                path=ctx.path,
+                status=status,
+                duration_ms=round(duration * 1000, 1),
+                held_ms=round(ctx.held_s * 1000, 1),
+                unified_api=ctx.unified_api,
+                service_id=ctx.service_id,
+                connection=ctx.connection,
+                gated=ctx.gated,
+                ungated_reason=ctx.ungated_reason,
+                replayed=ctx.replayed,
+                request_id=request.headers.get("x-request-id"),
+                apideck_request_id=ctx.upstream_request_id,
+                **ctx.extra,
+            )
+
+    async def _handle(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
+        if request.method == "CONNECT":
+            raise MethodNotAllowed(
+                "CONNECT is not supported: this is not an open proxy", detail="method CONNECT"
+            )
+        target = parse_target(request.raw_path, _own_authorities(request, self._settings))
+        ctx.path = path_template(target.path)
+        api = first_segment(target.path)
+        ctx.unified_api = api or None
+        upload = is_upload_route(request.method, target.path)
+        headers = upstream_request_headers(
+            request.headers, api_key=self._api_key, app_id=self._settings.app_id
+        )
+        body = await Body.from_request(request, self._settings.replay_max_body_bytes)
+
+        found = await self._connection(api, headers, ctx)
+        if found is None:
+            upstream = await self._send(request, target, headers, body, upload, ctx)
+            return await self._forwarder.relay(request, upstream)
+
+        key, credentials = found
+        lease = await self._gate.admit(key, credentials, replayable=body.replayable)
+        ctx.held_s += lease.held_s
+        upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
+
+        if upstream.status == 401 and body.replayable:
+            prefix, complete = await _peek(upstream)
+            if not (complete and is_token_failure(prefix)):
+                return await self._forwarder.relay(request, upstream, prefix=prefix)
+            upstream.release()
+            # Started on a token that was rotated (or failed to refresh) under it: one
+            # coalesced validate, one replay, never a loop.
+            self._metrics.retries.labels("replay").inc()
+            lease = await self._gate.readmit_after_unauthorized(lease, credentials)
+            ctx.held_s += lease.held_s
+            ctx.replayed = True
+            upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
+        return await self._forwarder.relay(request, upstream)
+
+    async def _send_leased(
+        self,
+        lease: Lease,
+        request: web.Request,
+        target: Any,
+        headers: CIMultiDict[str],
+        body: Body,
+        upload: bool,
+        ctx: _Ctx,
+    ) -> aiohttp.ClientResponse:
+        # The token is "in use" until Apideck answers; the body may stream on after that.
+        try:
+            return await self._send(request, target, headers, body, upload, ctx)
+        finally:
+            lease.release()
+
+    async def _send(
+        self,
+        request: web.Request,
+        target: Any,
+        headers: CIMultiDict[str],
+        body: Body,
+        upload: bool,
+        ctx: _Ctx,
+    ) -> aiohttp.ClientResponse:
+        started = time.monotonic()
+        upstream = await self._forwarder.send(request.method, target, headers, body, upload=upload)
+        self._metrics.upstream_duration.labels(api_label(ctx.unified_api)).observe(
+            time.monotonic() - started
+        )
+        ctx.upstream_request_id = upstream.headers.get("x-apideck-request-id")
+        return upstream
+
+    async def _connection(
+        self, api: str, headers: CIMultiDict[str], ctx: _Ctx
+    ) -> tuple[ConnectionKey, Credentials] | None:
+        """The connection this request runs on, or None to forward it ungated."""
+        if api not in DATA_APIS:
+            return None  # vault, webhook, proxy, unknown paths: no connection token involved
+        consumer = headers.get(CONSUMER_HEADER)
+        authorization = headers.get(AUTH_HEADER)
+        app_id = headers.get(APP_HEADER)
+        reason = (
+            "no_consumer_id"
+            if not consumer
+            else "no_credentials"
+            if not authorization
+            else "no_app_id"
+            if not app_id
+            else None
+        )
+        if reason is not None or not (consumer and authorization and app_id):
+            # Apideck answers these itself (400/401); holding them would only add delay.
+            self._ungated(ctx, reason or "incomplete")
+            return None
+        credentials = Credentials(authorization, app_id, consumer)
+        fingerprint = credential_fingerprint(authorization)
+        service = headers.get(SERVICE_HEADER)
+        if not service:
+            service = await self._resolver.resolve(api, credentials, fingerprint)
+            if service is None:
+                self._ungated(ctx, "service_unresolved")
+                return None
+        key = ConnectionKey(app_id, consumer, api, service, fingerprint)
+        ctx.gated, ctx.service_id, ctx.connection = True, service, key.id
+        return key, credentials
+
+    def _ungated(self, ctx: _Ctx, reason: str) -> None:
+        ctx.ungated_reason = reason
+        self._metrics.ungated.labels(reason).inc()
+
+
+async def _peek(upstream: aiohttp.ClientResponse, limit: int = 64 * 1024) -> tuple[bytes, bool]:
+    """Read the start of a body to inspect it; True when that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit and not upstream.content.at_eof():
+            chunk = await upstream.content.readany()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+        upstream.release()
+        raise UpstreamBodyError("body cut short") from None
+    return b"".join(chunks), upstream.content.at_eof()
+
+
+def _own_authorities(request: web.Request, settings: Settings) -> set[str]:
+    names = {f"{settings.host}:{settings.port}", f"localhost:{settings.port}"}
+    if request.transport is not None:
+        sock = request.transport.get_extra_info("sockname")
+        if sock:
+            names.add(f"{sock[0]}:{sock[1]}")
+            names.add(f"localhost:{sock[1]}")
+    return names

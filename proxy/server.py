@@ -1,0 +1,131 @@
+"""Runs an app on a socket: uvloop, error envelopes for requests aiohttp cannot parse, and a
+graceful shutdown on SIGTERM/SIGINT. Knows nothing about what the app does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from proxy.errors import envelope
+
+log = structlog.get_logger("proxy.server")
+
+
+class _EnvelopeRequestHandler(RequestHandler):
+    """Requests aiohttp rejects before any handler runs still get Apideck's error envelope."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        if isinstance(exc, LineTooLong):
+            status, type_name, text = (
+                431,
+                "RequestHeadersTooLargeError",
+                "request line or header too large",
+            )
+        elif isinstance(exc, BadHttpMessage):
+            status, type_name, text = 400, "RequestValidationError", "malformed HTTP request"
+        elif status == 504:
+            type_name, text = "UpstreamTimeoutError", "request timed out"
+        else:
+            type_name, text = "ProxyInternalError", "internal error"
+        # Never a traceback, and only the parser's own short reason.
+        log.warning("rejected", status=status, reason=type(exc).__name__ if exc else None)
+        detail = getattr(exc, "message", None) if isinstance(exc, BadHttpMessage) else None
+        body = envelope(status, type_name, text, str(detail)[:200] if detail else text)
+        resp = web.Response(
+            status=status, body=json.dumps(body).encode(), content_type="application/json"
+        )
+        resp.force_close()
+        return resp
+
+
+class _EnvelopeServer(Server):
+    def __call__(self) -> RequestHandler:
+        return _EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _EnvelopeServer  # only __call__ differs; no state is added
+        return server
+
+
+def make_runner(
+    app: web.Application, *, max_header_bytes: int, shutdown_timeout_s: float
+) -> ProxyRunner:
+    return ProxyRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout_s,
+        max_line_size=max_header_bytes,
+        max_field_size=max_header_bytes,
+    )
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    max_header_bytes: int,
+    grace_s: float,
+    on_stopping: Callable[[], None] = lambda: None,
+    on_bound: Callable[[int], None] = lambda port: None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let work finish within `grace_s`."""
+    runner = make_runner(app, max_header_bytes=max_header_bytes, shutdown_timeout_s=grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = _bound_port(runner, port)
+    on_bound(bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping", grace_s=grace_s)
+        on_stopping()
+        await runner.cleanup()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner, default: int) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return default
+
+
+def run(main: Callable[[], Any]) -> None:
+    """Run a coroutine function on uvloop when it is there (it is on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        asyncio.run(main())
+        return
+    uvloop.run(main())

@@ -1,0 +1,50 @@
+"""Runs the proxy app as a server process: builds it, serves it, shuts it down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from proxy.app import GATE, LIFECYCLE, create_app
+from proxy.server import run, serve
+from proxy.settings import Settings
+
+log = structlog.get_logger("proxy")
+
+# Held requests get their 503 this long before the grace runs out, so they are answered
+# rather than reset when the process exits.
+_ANSWER_BEFORE_GRACE_S = 1.0
+
+
+async def serve_proxy(settings: Settings) -> None:
+    app = create_app(settings)
+
+    def stopping() -> None:
+        app[LIFECYCLE].shutting_down = True
+        gate = app[GATE]
+        asyncio.get_running_loop().call_later(
+            max(0.0, settings.shutdown_grace_s - _ANSWER_BEFORE_GRACE_S), gate.stop_holding
+        )
+
+    def bound(port: int) -> None:
+        log.info(
+            "listening",
+            url=f"http://{settings.host}:{port}",
+            upstream=str(settings.upstream_url),
+            api_key_injected=settings.api_key is not None,
+        )
+
+    await serve(
+        app,
+        settings.host,
+        settings.port,
+        max_header_bytes=settings.max_header_bytes,
+        grace_s=settings.shutdown_grace_s,
+        on_stopping=stopping,
+        on_bound=bound,
+    )
+
+
+def run_proxy(settings: Settings) -> None:
+    run(lambda: serve_proxy(settings))
