@@ -197,6 +197,6 @@ def create_app(settings: Settings, coordination: Coordination | None = None) -> 
     app.router.add_get(RESERVED_PREFIX + "metrics", metrics)
     app.router.add_get(RESERVED_PREFIX + "connections", connections)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", reserved_not_found)
-    app.router.add_route("*", "/{tail:.*}", late)
+    app.router.add_route("*", "/{tail:.*}", late.__call__)
     app.cleanup_ctx.append(_resources)
     return app

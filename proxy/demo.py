@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,7 @@ def _refreshes(counters: dict[str, Any]) -> int:
 
 
 def render_table(results: dict[str, BurstResult]) -> str:
-    rows = [
+    rows: list[tuple[str, Callable[[BurstResult], str]]] = [
         ("requests", lambda r: str(r.requests)),
         ("client-visible failures", lambda r: str(r.failures)),
         ("refreshes inside requests", lambda r: str(r.counters["refreshes"].get("request", 0))),

@@ -452,7 +452,11 @@ class Gate:
             if mono < entry.ahead_not_before:
                 continue
             margin = self._policy.margin_for(entry.key.service_id)
-            if now >= entry.expires_at - margin - self._policy.refresh_ahead_s:
+            # The lead never exceeds a third of the token's usable life, so a lead configured
+            # longer than a short-lived token cannot turn into back-to-back validates.
+            usable = self._policy.ttl_for(entry.key.service_id) - margin
+            lead = min(self._policy.refresh_ahead_s, usable / 3)
+            if now >= entry.expires_at - margin - lead:
                 due.append(entry.key)
         return due
 
