@@ -80,6 +80,8 @@ class ValidationFailed(ProxyError):
 class UpstreamUnavailable(ProxyError):
     status = 502
     type_name = "UpstreamConnectionError"
+    # True when the connection failed before any byte of the request left: always safe to retry.
+    before_sending = False
 
 
 class Unavailable(ProxyError):

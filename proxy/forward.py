@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
-from proxy.routing import Target, downstream_response_headers
+from proxy.routing import Target, as_received, downstream_response_headers
 from proxy.settings import Settings
 
 CHUNK_BYTES = 64 * 1024
@@ -74,7 +74,7 @@ class Upstreams:
                     limit=s.pool_size, limit_per_host=s.pool_size, keepalive_timeout=30
                 ),
                 timeout=aiohttp.ClientTimeout(
-                    total=s.total_timeout_s,
+                    total=s.total_timeout_s or None,
                     connect=s.connect_timeout_s,
                     sock_read=s.read_timeout_s,
                 ),
@@ -105,6 +105,21 @@ class Upstreams:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
 
 
+def one_spelling(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """Spell every repeat of a field name like its first occurrence.
+
+    aiohttp's client merges request headers by exact name: a second `x-multi` after `X-Multi`
+    would replace the first value instead of adding to it. Names are case-insensitive
+    (RFC 9110 §5.1), so respelling loses nothing.
+    """
+    first: dict[str, str] = {}
+    for k, _ in headers.items():
+        first.setdefault(k.lower(), k)
+    if all(first[k.lower()] == k for k, _ in headers.items()):
+        return headers
+    return CIMultiDict((first[k.lower()], v) for k, v in headers.items())
+
+
 def upstream_url(base: URL, target: Target) -> URL:
     # encoded=True keeps every escape, repeated key and empty value exactly as the client sent.
     return URL(str(base) + target.raw, encoded=True)
@@ -129,7 +144,7 @@ class Forwarder:
             return await self._upstreams.session(upload).request(
                 method,
                 url,
-                headers=headers,
+                headers=one_spelling(headers),
                 data=body.payload(),
                 allow_redirects=False,
                 # The client's Content-Length/Transfer-Encoding decide the framing upstream.
@@ -141,9 +156,9 @@ class Forwarder:
                 "Apideck did not answer in time", detail=f"{method} {target.path}"
             ) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                "could not reach Apideck", detail=type(exc).__name__
-            ) from None
+            error = UpstreamUnavailable("could not reach Apideck", detail=type(exc).__name__)
+            error.before_sending = isinstance(exc, aiohttp.ClientConnectorError)
+            raise error from None
 
     async def relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, *, prefix: bytes = b""
@@ -153,7 +168,7 @@ class Forwarder:
         A body cut short upstream aborts the client's connection: a clean but short response
         would look like success to the client. `prefix` is body the caller already read.
         """
-        headers = downstream_response_headers(upstream.headers)
+        headers = downstream_response_headers(as_received(upstream.raw_headers))
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )

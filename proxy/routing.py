@@ -113,6 +113,21 @@ def is_upload_route(method: str, path: str) -> bool:
     return any(method == m and p.fullmatch(path) for m, p in _UPLOAD_ROUTES)
 
 
+def as_received(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
+    """Header lines as the peer wrote them.
+
+    aiohttp's parser respells well-known names (`user-agent` becomes `User-Agent`, `ETag`
+    becomes `Etag`) in `.headers`; the raw lines keep the sender's spelling. Decoded the way
+    aiohttp decodes them, so values are the same strings `.headers` would give.
+    """
+    return CIMultiDictProxy(
+        CIMultiDict(
+            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in raw_headers
+        )
+    )
+
+
 def connection_header_names(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
     """Names a `Connection` header lists: hop-by-hop for this hop only (RFC 9110 §7.6.1)."""
     names: set[str] = set()
