@@ -116,11 +116,14 @@ async def reserved_not_found(request: web.Request) -> web.Response:
 async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Router refusals (a CONNECT's authority-form target matches no route) in the envelope."""
     if request.method == "CONNECT":
-        return to_response(
-            MethodNotAllowed(
-                "CONNECT is not supported: this is not an open proxy", detail="method CONNECT"
-            )
+        refused = MethodNotAllowed(
+            "CONNECT is not supported: this is not an open proxy", detail="method CONNECT"
         )
+        # Never reaches the handler, so it is counted here (the handler counts the rest).
+        m = request.app[METRICS]
+        m.rejected.labels(refused.type_name).inc()
+        m.requests.labels("CONNECT", f"{refused.status // 100}xx", "none").inc()
+        return to_response(refused)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -176,6 +179,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         ahead.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ahead
+        # A validate cut off mid-rotation helps nobody: let running ones finish first.
+        await gate.wait_validations(min(5.0, settings.shutdown_grace_s))
         await gate.close()
         await life.coordination.close()
         await upstreams.close()

@@ -77,7 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.log import configure_logging
     from proxy.service import run_proxy
 
-    configure_logging(settings.log_format, settings.log_level)
+    # The proxy's own secrets are masked literally too, wherever a line might quote them.
+    held = (settings.api_key, settings.redis_url)
+    configure_logging(
+        settings.log_format,
+        settings.log_level,
+        secrets=[s.get_secret_value() for s in held if s is not None],
+    )
     run_proxy(settings)
     return 0
 

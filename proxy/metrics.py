@@ -19,6 +19,17 @@ from proxy.routing import DATA_APIS
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+# RFC 9110 methods plus PATCH. The parser also lets WebDAV and other registered methods
+# (PROPFIND, LOCK, ...) through; those are "other" rather than a time series each.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
 def api_label(unified_api: str | None) -> str:
     """Only known API names become label values; anything a client invents is 'other'."""
     if unified_api in DATA_APIS or unified_api in ("vault", "webhook", "proxy", "connector"):
