@@ -132,6 +132,7 @@ class _Entry:
     inflight_unreplayable: int = 0
     waiters: int = 0
     task: asyncio.Task[None] | None = None
+    wake: asyncio.Future[None] | None = None  # resolved when the running validate ends
     mode: _Mode = _Mode.HOLD
     last_used: float = field(default_factory=time.monotonic)
     ahead_not_before: float = 0.0
@@ -183,8 +184,7 @@ class Gate:
         self._clock = clock
         self._entries: OrderedDict[ConnectionKey, _Entry] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stop_holding = asyncio.Event()
-        self._stop_holding_task: asyncio.Task[bool] | None = None
+        self._holding_stopped = False
 
     # -- admission -------------------------------------------------------------------------
 
@@ -206,8 +206,8 @@ class Gate:
                     return self._lease(entry, replayable, time.monotonic() - started)
                 if entry.task is None:
                     self._start_validate(entry, _Mode.HOLD, reason=self._why(entry))
-                task = entry.task
-                assert task is not None
+                wake = entry.wake
+                assert wake is not None
                 if not counted:
                     if entry.waiters >= self._policy.max_waiters:
                         raise Overloaded(
@@ -220,20 +220,16 @@ class Gate:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._hold_timeout()
-                # asyncio.wait never cancels what it waits on: a waiter that disconnects or
-                # times out leaves the validate running for the others.
-                done, _ = await asyncio.wait(
-                    {task, self._stop_holding_waiter()},
-                    timeout=remaining,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if self._stop_holding.is_set():
-                    raise ShuttingDown(
-                        "the proxy is shutting down before the connection's validate finished",
-                        retry_after_s=1.0,
-                    )
-                if not done:
-                    raise self._hold_timeout()
+                if self._holding_stopped:
+                    raise self._shutting_down()
+                # shield: a waiter that disconnects or times out must never cancel the wake-up
+                # the other waiters share (nor the validate, which runs in its own task).
+                try:
+                    await asyncio.wait_for(asyncio.shield(wake), remaining)
+                except TimeoutError:
+                    raise self._hold_timeout() from None
+                if self._holding_stopped and entry.task is not None:
+                    raise self._shutting_down()
         finally:
             if counted:
                 entry.waiters -= 1
@@ -292,6 +288,12 @@ class Gate:
             err.message, detail=err.detail, retry_after_s=remaining, status=err.status
         )
 
+    def _shutting_down(self) -> ShuttingDown:
+        return ShuttingDown(
+            "the proxy is shutting down before the connection's validate finished",
+            retry_after_s=1.0,
+        )
+
     def _hold_timeout(self) -> HoldTimeout:
         return HoldTimeout(
             "timed out waiting for the connection's token to be validated",
@@ -313,19 +315,24 @@ class Gate:
         return entry
 
     def _evict(self) -> None:
-        """Keep the table bounded: idle entries expire, the least recently used go first."""
+        """Keep the table bounded: idle entries expire, the least recently used go first.
+
+        The table is ordered by last use, so the scan stops at the first entry that is neither
+        idle nor needed to make room: O(evicted), not O(table), per new connection.
+        """
         now = time.monotonic()
-        limit = self._policy.max_connections
-        for key in list(self._entries):
-            entry = self._entries[key]
-            busy = entry.task is not None or entry.inflight or entry.waiters
-            idle = now - entry.last_used > self._policy.idle_expiry_s
-            if busy:
-                continue
-            if idle or len(self._entries) >= limit:
-                del self._entries[key]
-            else:
-                break  # ordered by last use: the rest are more recent
+        limit, idle_s = self._policy.max_connections, self._policy.idle_expiry_s
+        size = len(self._entries)
+        victims: list[ConnectionKey] = []
+        for key, entry in self._entries.items():
+            over = size - len(victims) >= limit
+            if not over and now - entry.last_used <= idle_s:
+                break
+            if entry.task is not None or entry.inflight or entry.waiters:
+                continue  # in use: never forget a connection someone is waiting on
+            victims.append(key)
+        for key in victims:
+            del self._entries[key]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -334,7 +341,9 @@ class Gate:
 
     def _start_validate(self, entry: _Entry, mode: _Mode, *, reason: str) -> None:
         entry.mode = mode
-        task = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        entry.wake = loop.create_future()
+        task = loop.create_task(
             self._validate(entry, reason), name=f"validate:{entry.key.id}"
         )
         entry.task = task
@@ -365,6 +374,8 @@ class Gate:
         finally:
             entry.task = None
             entry.mode = _Mode.HOLD
+            if entry.wake is not None and not entry.wake.done():
+                entry.wake.set_result(None)
             entry.last_outcome = outcome
             duration = time.monotonic() - started
             self._obs.validation(key, outcome, duration)
@@ -452,10 +463,10 @@ class Gate:
             if mono < entry.ahead_not_before:
                 continue
             margin = self._policy.margin_for(entry.key.service_id)
-            # The lead never exceeds a third of the token's usable life, so a lead configured
-            # longer than a short-lived token cannot turn into back-to-back validates.
+            # The lead never exceeds half the token's usable life, so a lead configured longer
+            # than a short-lived token cannot turn into back-to-back validates.
             usable = self._policy.ttl_for(entry.key.service_id) - margin
-            lead = min(self._policy.refresh_ahead_s, usable / 3)
+            lead = min(self._policy.refresh_ahead_s, usable / 2)
             if now >= entry.expires_at - margin - lead:
                 due.append(entry.key)
         return due
@@ -477,16 +488,12 @@ class Gate:
 
     # -- views and lifecycle ---------------------------------------------------------------
 
-    def _stop_holding_waiter(self) -> asyncio.Task[bool]:
-        if self._stop_holding_task is None:
-            self._stop_holding_task = asyncio.get_running_loop().create_task(
-                self._stop_holding.wait()
-            )
-        return self._stop_holding_task
-
     def stop_holding(self) -> None:
         """Shutdown is at its end: answer every held request now instead of dropping it."""
-        self._stop_holding.set()
+        self._holding_stopped = True
+        for entry in self._entries.values():
+            if entry.wake is not None and not entry.wake.done():
+                entry.wake.set_result(None)
 
     def snapshot(self) -> list[dict[str, object]]:
         now = self._clock()
@@ -530,8 +537,6 @@ class Gate:
 
     async def close(self) -> None:
         self.stop_holding()
-        if self._stop_holding_task is not None:
-            await self._stop_holding_task
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

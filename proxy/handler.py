@@ -20,13 +20,15 @@ from multidict import CIMultiDict
 from proxy.errors import MethodNotAllowed, Overloaded, ProxyError, to_response
 from proxy.forward import Body, Forwarder, UpstreamBodyError
 from proxy.gate import ConnectionKey, Credentials, Gate, Lease
-from proxy.metrics import Metrics, api_label
+from proxy.metrics import Metrics, api_label, method_label
+from proxy.retry import Retrier, RetryBudget, RetryPolicy
 from proxy.routing import (
     APP_HEADER,
     AUTH_HEADER,
     CONSUMER_HEADER,
     DATA_APIS,
     SERVICE_HEADER,
+    as_received,
     credential_fingerprint,
     first_segment,
     is_upload_route,
@@ -78,6 +80,18 @@ class ProxyHandler:
         self._metrics = metrics
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._in_flight = 0
+        self._retrier = Retrier(
+            RetryPolicy(
+                max_attempts=settings.retry_max_attempts,
+                max_elapsed_s=settings.retry_max_elapsed_s,
+                methods=settings.retry_methods,
+                statuses=settings.retry_statuses,
+                backoff_base_s=settings.retry_backoff_base_s,
+                backoff_cap_s=settings.retry_backoff_cap_s,
+            ),
+            RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s),
+            on_retry=lambda kind: metrics.retries.labels(kind).inc(),
+        )
 
     @property
     def in_flight(self) -> int:
@@ -111,7 +125,9 @@ class ProxyHandler:
         finally:
             duration = time.monotonic() - started
             self._metrics.requests.labels(
-                ctx.method, f"{status // 100}xx" if status else "none", api_label(ctx.unified_api)
+                method_label(ctx.method),
+                f"{status // 100}xx" if status else "none",
+                api_label(ctx.unified_api),
             ).inc()
             log.info(
                 "request",
@@ -141,8 +157,9 @@ class ProxyHandler:
         api = first_segment(target.path)
         ctx.unified_api = api or None
         upload = is_upload_route(request.method, target.path)
+        # Raw lines, not `.headers`: aiohttp respells well-known names, a proxy must not.
         headers = upstream_request_headers(
-            request.headers, api_key=self._api_key, app_id=self._settings.app_id
+            as_received(request.raw_headers), api_key=self._api_key, app_id=self._settings.app_id
         )
         body = await Body.from_request(request, self._settings.replay_max_body_bytes)
 
@@ -196,7 +213,11 @@ class ProxyHandler:
         ctx: _Ctx,
     ) -> aiohttp.ClientResponse:
         started = time.monotonic()
-        upstream = await self._forwarder.send(request.method, target, headers, body, upload=upload)
+        upstream = await self._retrier.send(
+            lambda: self._forwarder.send(request.method, target, headers, body, upload=upload),
+            method=request.method,
+            replayable=body.replayable,
+        )
         self._metrics.upstream_duration.labels(api_label(ctx.unified_api)).observe(
             time.monotonic() - started
         )

@@ -6,17 +6,18 @@ Built once at start-up and handed to everything; knows nothing about HTTP or the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Access-token lifetimes the providers document, in seconds. Where a provider lets the customer
 # shorten it (Salesforce session timeout), the shortest setting is used: estimating too long
@@ -84,6 +85,16 @@ class Settings(BaseSettings):
     refresh_ahead_s: float = Field(30.0, ge=0)
     refresh_ahead_active_s: float = Field(300.0, gt=0)
 
+    # Retries (Apideck's advice: exponential backoff). Comma lists are accepted for the sets.
+    retry_max_attempts: int = Field(3, ge=1)
+    retry_max_elapsed_s: float = Field(10.0, ge=0)
+    retry_methods: Annotated[frozenset[str], NoDecode] = frozenset({"GET", "HEAD", "OPTIONS"})
+    retry_statuses: Annotated[frozenset[int], NoDecode] = frozenset({429, 502, 503, 504})
+    retry_backoff_base_s: float = Field(0.2, gt=0)
+    retry_backoff_cap_s: float = Field(5.0, gt=0)
+    retry_budget_ratio: float = Field(0.2, ge=0, le=10)
+    retry_budget_min_per_s: float = Field(5.0, ge=0)
+
     max_in_flight: int = Field(2048, ge=1)
     max_waiters_per_connection: int = Field(1000, ge=1)
     max_connections: int = Field(10_000, ge=1)
@@ -94,22 +105,89 @@ class Settings(BaseSettings):
 
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
-    total_timeout_s: float = Field(300.0, gt=0)
+    # 0 = no limit on the whole exchange: a large download must not be cut at an arbitrary
+    # length; connect_timeout_s and read_timeout_s (per read) still catch a dead upstream.
+    total_timeout_s: float = Field(0.0, ge=0)
     pool_size: int = Field(256, ge=1)
     max_header_bytes: int = Field(16_384, ge=1024)
 
     redis_url: SecretStr | None = None
+    # Fleet mode, read only when redis_url is set. The lock lease must outlive one validate call
+    # (it is also renewed every third of itself while the validate runs); a replica that dies
+    # holding the lock delays the others by at most one lease. Each Redis call gives up after
+    # redis_timeout_s and the proxy then coordinates in-process until Redis answers again.
+    redis_lock_lease_s: float = Field(20.0, gt=0)
+    redis_timeout_s: float = Field(0.5, gt=0)
 
     shutdown_grace_s: float = Field(20.0, ge=0)
     admin_enabled: bool = False
 
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["json", "console"] | None = Field(
+        None,
+        description=(
+            "json (one object per line, for collectors) or console (for people). Unset, empty "
+            "or 'auto': console when stderr is a terminal, json otherwise (containers)."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            scheme = v.get_secret_value().partition("://")[0].lower()
+            if scheme not in ("redis", "rediss", "unix"):
+                # Never the value itself: it may carry a password.
+                raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+    @field_validator("redis_lock_lease_s")
+    @classmethod
+    def _lease_outlives_validate(cls, v: float, info: ValidationInfo) -> float:
+        validate_s = info.data.get("validate_timeout_s")
+        if info.data.get("redis_url") is not None and validate_s is not None and v <= validate_s:
+            raise ValueError(
+                f"must be longer than the validate timeout ({validate_s:g}s) so that one lease "
+                "covers a whole validate call"
+            )
+        return v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _auto_format(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return None if v in ("", "auto") else v
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("retry_methods", mode="before")
+    @classmethod
+    def _split_methods(cls, v: object) -> object:
+        items = v.split(",") if isinstance(v, str) else v
+        if isinstance(items, list | tuple | set | frozenset):
+            return frozenset(str(m).strip().upper() for m in items if str(m).strip())
+        return v
+
+    @field_validator("retry_statuses", mode="before")
+    @classmethod
+    def _split_statuses(cls, v: object) -> object:
+        items = v.split(",") if isinstance(v, str) else v
+        if isinstance(items, list | tuple | set | frozenset):
+            return frozenset(str(c).strip() for c in items if str(c).strip())
+        return v
+
+    @field_validator("retry_statuses")
+    @classmethod
+    def _statuses_range(cls, v: frozenset[int]) -> frozenset[int]:
+        bad = sorted(c for c in v if not 400 <= c <= 599)
+        if bad:
+            raise ValueError(f"only 4xx/5xx statuses can be retried, not {bad}")
+        return v
 
     @field_validator("service_token_ttl_s", "service_refresh_margin_s")
     @classmethod
@@ -131,24 +209,41 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _margins_fit(self) -> Settings:
+        problems = self.margin_problems()
+        if problems:
+            raise ValueError(_PROBLEM_SEPARATOR.join(problems))
+        return self
+
+    def margin_problems(self) -> list[str]:
+        """Every margin that is not strictly between Apideck's window and its token lifetime,
+        one line each, named by the setting to change."""
+        window = self.upstream_refresh_window_s
         problems: list[str] = []
-        services = set(self.service_token_ttl_s) | set(self.service_refresh_margin_s)
-        checks = [("default", self.refresh_margin_s, self.token_ttl_s)]
-        checks += [(s, self.margin_for(s), self.ttl_for(s)) for s in sorted(services)]
-        for name, margin, ttl in checks:
-            if margin <= self.upstream_refresh_window_s:
+        if self.refresh_margin_s <= window:
+            problems.append(
+                f"APIDECK_PROXY_REFRESH_MARGIN_S: {self.refresh_margin_s:g}s must be above "
+                f"Apideck's {window:g}s refresh window"
+            )
+        if self.refresh_margin_s >= self.token_ttl_s:
+            problems.append(
+                f"APIDECK_PROXY_REFRESH_MARGIN_S: {self.refresh_margin_s:g}s must be below "
+                f"APIDECK_PROXY_TOKEN_TTL_S ({self.token_ttl_s:g}s)"
+            )
+        for service, margin in sorted(self.service_refresh_margin_s.items()):
+            if margin <= window:
                 problems.append(
-                    f"refresh margin for {name} is {margin:g}s; it must be above Apideck's "
-                    f"{self.upstream_refresh_window_s:g}s refresh window"
+                    f"APIDECK_PROXY_SERVICE_REFRESH_MARGIN_S[{service}]: {margin:g}s must be "
+                    f"above Apideck's {window:g}s refresh window"
                 )
+        for service in sorted(set(self.service_token_ttl_s) | set(self.service_refresh_margin_s)):
+            margin, ttl = self.margin_for(service), self.ttl_for(service)
             if margin >= ttl:
                 problems.append(
-                    f"refresh margin for {name} is {margin:g}s; it must be below its "
-                    f"token lifetime of {ttl:g}s"
+                    f"{service}: refresh margin {margin:g}s must be below its token lifetime "
+                    f"{ttl:g}s (set APIDECK_PROXY_SERVICE_REFRESH_MARGIN_S or "
+                    f"APIDECK_PROXY_SERVICE_TOKEN_TTL_S for it)"
                 )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
     def ttl_for(self, service_id: str) -> float:
         return self.service_token_ttl_s.get(service_id, self.token_ttl_s)
@@ -166,6 +261,7 @@ class Settings(BaseSettings):
 
 
 SECRET_FIELDS = ("api_key", "redis_url")
+_PROBLEM_SEPARATOR = "\n"
 
 
 class SettingsError(Exception):
@@ -177,16 +273,51 @@ class SettingsError(Exception):
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from the environment (and `env_file`), reporting every error at once."""
+    """Build settings from the environment (and `env_file`), reporting every error at once.
+
+    Pydantic skips cross-field checks once a field failed; so the failed fields are retried
+    with their defaults to surface the margin problems in the same report.
+    """
     if env_file is not None and not Path(env_file).is_file():
         raise SettingsError([f"env file {env_file}: not found"])
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]  # pydantic-settings init kwarg not in the generated signature
+        return _build(env_file, overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            name = f"APIDECK_PROXY_{loc.upper()}" if loc else "settings"
-            # Never echo the offending value: it may be a secret.
-            lines.append(f"{name}: {err['msg']}")
+        lines = _lines(exc)
+        failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        if failed:
+            retry = {k: v for k, v in overrides.items() if k not in failed}
+            retry.update(
+                {
+                    name: Settings.model_fields[name].get_default(call_default_factory=True)
+                    for name in failed
+                    if name in Settings.model_fields
+                }
+            )
+            try:
+                _build(env_file, retry)
+            except ValidationError as again:
+                lines += [
+                    line
+                    for line in _lines(again)
+                    if line not in lines
+                    and not any(line.startswith(f"APIDECK_PROXY_{f.upper()}:") for f in failed)
+                ]
         raise SettingsError(lines) from None
+
+
+def _build(env_file: str | Path | None, values: dict[str, Any]) -> Settings:
+    return Settings(_env_file=env_file, **values)  # type: ignore[call-arg]  # pydantic-settings init kwarg not in the generated signature
+
+
+def _lines(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if not loc:  # a cross-field check: its own lines already name the settings
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.extend(message.split(_PROBLEM_SEPARATOR))
+            continue
+        # Never echo the offending value: it may be a secret.
+        lines.append(f"APIDECK_PROXY_{loc.upper()}: {err['msg']}")
+    return lines

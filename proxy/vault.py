@@ -125,9 +125,10 @@ class VaultClient:
                     Outcome.FATAL,
                     status,
                     None,
+                    # 401, as Apideck itself answers data calls on an invalid connection.
                     ValidationFailed(
                         "the connection is invalid and needs to be re-authorised",
-                        status=422,
+                        status=401,
                         detail={"connection_state": state},
                     ),
                 )

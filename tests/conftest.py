@@ -14,6 +14,18 @@ from proxy.coordination import Coordination
 from proxy.server import make_runner
 from proxy.settings import Settings, load_settings
 
+pytest_plugins = ["tests.simfixtures"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    """Tests assert behaviour, not log lines: keep the default output to warnings and up.
+
+    (Tests about logging configure their own stream.)"""
+    from proxy.log import configure_logging
+
+    configure_logging("console", "warning")
+
 
 @dataclass
 class Running:
