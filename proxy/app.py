@@ -154,6 +154,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             idle_expiry_s=settings.connection_idle_expiry_s,
             refresh_ahead_s=settings.refresh_ahead_s,
             refresh_ahead_active_s=settings.refresh_ahead_active_s,
+            upstream_window_s=settings.upstream_refresh_window_s,
         ),
         vault,
         coordination=life.coordination,

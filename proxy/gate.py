@@ -111,6 +111,9 @@ class GatePolicy:
     idle_expiry_s: float = 3600.0
     refresh_ahead_s: float = 30.0
     refresh_ahead_active_s: float = 300.0
+    # Apideck's own in-request refresh window: outside it a request cannot start a refresh, so
+    # it may go ahead on the current token when Vault is briefly unreachable.
+    upstream_window_s: float = 30.0
 
 
 class _Mode(Enum):
@@ -136,6 +139,8 @@ class _Entry:
     mode: _Mode = _Mode.HOLD
     last_used: float = field(default_factory=time.monotonic)
     ahead_not_before: float = 0.0
+    transient_failures: int = 0  # consecutive validates that failed transiently
+    next_validate_at: float = 0.0  # monotonic: no new validate before this after a failure
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -255,7 +260,18 @@ class Gate:
             # A background refresh leaves the current token usable; only a request that could
             # not be replayed after a mid-flight rotation waits for it.
             return entry.mode is _Mode.AHEAD and replayable and self._fresh(entry)
-        return self._fresh(entry)
+        if self._fresh(entry):
+            return True
+        # Vault failed transiently just now: while the token is still outside Apideck's own
+        # refresh window no request can start a refresh, so traffic goes on (fail open) until
+        # the next validate attempt is due, instead of every request waiting out the hold.
+        return time.monotonic() < entry.next_validate_at and self._outside_window(entry)
+
+    def _outside_window(self, entry: _Entry) -> bool:
+        return (
+            entry.expires_at is not None
+            and self._clock() < entry.expires_at - self._policy.upstream_window_s
+        )
 
     def _fresh(self, entry: _Entry) -> bool:
         if entry.expires_at is None:
@@ -421,6 +437,7 @@ class Gate:
             sent_at = self._clock()
             result = await self._validator.validate(key, entry.credentials)
             if result.outcome is Outcome.OK:
+                entry.transient_failures = 0
                 # The new token was issued somewhere between sending and the answer: count its
                 # life from the sending, the conservative end.
                 entry.generation += 1
@@ -439,14 +456,22 @@ class Gate:
                 await self._coord.publish(key.id, SharedState(None, None, entry.cooldown_until))
                 return "fatal"
             attempt += 1
-            self._obs.retried_validate()
             # Exponential backoff with full jitter, never shorter than the server asked for.
             backoff = random.uniform(
                 0, min(self._policy.backoff_cap_s, self._policy.backoff_base_s * 2**attempt)
             )
             delay = max(backoff, result.retry_after_s or 0.0)
-            if time.monotonic() + delay >= deadline:
+            if self._outside_window(entry) or time.monotonic() + delay >= deadline:
+                # Waiters go ahead on the current token when it is still outside Apideck's
+                # window (see _may_pass); the next validate comes after a growing pause.
+                entry.transient_failures += 1
+                pause = min(
+                    self._policy.backoff_cap_s * 6,
+                    self._policy.backoff_base_s * 2**entry.transient_failures,
+                )
+                entry.next_validate_at = time.monotonic() + max(pause, delay)
                 return "transient"
+            self._obs.retried_validate()
             await asyncio.sleep(delay)
 
     # -- refresh ahead ---------------------------------------------------------------------

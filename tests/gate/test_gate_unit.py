@@ -387,3 +387,54 @@ async def test_stop_holding_answers_waiters() -> None:
         await waiter
     v.release.set()
     await gate.close()
+
+
+async def test_vault_blip_outside_apideck_window_fails_open() -> None:
+    """A transient validate failure while the token is still outside Apideck's own refresh
+    window lets requests go ahead on it, and the next validate waits for a pause."""
+    v = ScriptedValidator(delay_s=0.0)
+    clock = Clock()
+    gate = Gate(
+        GatePolicy(
+            ttl_for=lambda s: 100.0,
+            margin_for=lambda s: 10.0,
+            upstream_window_s=3.0,
+            backoff_base_s=0.5,
+            hold_timeout_s=5.0,
+        ),
+        v,
+        clock=clock,
+    )
+    await admit_and_release(gate, key())
+    clock.now += 92  # inside the margin (90), outside Apideck's window (97)
+    v.script = [ValidateResult(Outcome.TRANSIENT, 503)] * 5
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await admit_and_release(gate, key()) == 1  # degraded: the current token
+    assert loop.time() - started < 0.5  # no full hold
+    assert await admit_and_release(gate, key()) == 1
+    assert len(v.calls) == 2  # one failed validate, no new one during the pause
+
+
+async def test_vault_blip_inside_apideck_window_keeps_holding() -> None:
+    """Inside Apideck's window a failing validate is retried and requests wait: letting them
+    through would start the very race the gate prevents."""
+    v = ScriptedValidator(delay_s=0.0)
+    clock = Clock()
+    gate = Gate(
+        GatePolicy(
+            ttl_for=lambda s: 100.0,
+            margin_for=lambda s: 10.0,
+            upstream_window_s=3.0,
+            backoff_base_s=0.01,
+            backoff_cap_s=0.02,
+            hold_timeout_s=2.0,
+        ),
+        v,
+        clock=clock,
+    )
+    await admit_and_release(gate, key())
+    clock.now += 98
+    v.script = [ValidateResult(Outcome.TRANSIENT, 503)] * 2
+    assert await admit_and_release(gate, key()) == 2  # retried until the 200
+    assert len(v.calls) == 4
