@@ -6,7 +6,8 @@ import asyncio
 
 import structlog
 
-from proxy.app import GATE, LIFECYCLE, create_app
+from proxy.app import GATE, LIFECYCLE, METRICS, create_app
+from proxy.coordination_redis import RedisCoordination
 from proxy.server import run, serve
 from proxy.settings import Settings
 
@@ -17,8 +18,23 @@ log = structlog.get_logger("proxy")
 _ANSWER_BEFORE_GRACE_S = 1.0
 
 
+def fleet_coordination(settings: Settings) -> RedisCoordination | None:
+    """Redis-backed coordination when a Redis URL is set; None keeps the in-process default."""
+    if settings.redis_url is None:
+        return None
+    return RedisCoordination(
+        settings.redis_url.get_secret_value(),
+        lock_lease_s=settings.redis_lock_lease_s,
+        timeout_s=settings.redis_timeout_s,
+    )
+
+
 async def serve_proxy(settings: Settings) -> None:
-    app = create_app(settings)
+    coordination = fleet_coordination(settings)
+    app = create_app(settings, coordination=coordination)
+    if coordination is not None:
+        # The metrics registry is born with the app; bound here, before the app starts.
+        coordination.count_fallbacks_with(app[METRICS].coordination_fallbacks.inc)
 
     def stopping() -> None:
         app[LIFECYCLE].shutting_down = True
