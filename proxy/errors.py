@@ -75,6 +75,8 @@ class ValidationFailed(ProxyError):
 
     status = 401
     type_name = "ConnectionValidationError"
+    # Apideck's own error body, passed on unchanged when the caller's API key was refused.
+    upstream_body: Any = None
 
 
 class UpstreamUnavailable(ProxyError):
@@ -147,6 +149,11 @@ def error_response(
 
 
 def to_response(exc: ProxyError) -> web.Response:
+    upstream = getattr(exc, "upstream_body", None)
+    if isinstance(upstream, dict):
+        return web.Response(
+            status=exc.status, body=json.dumps(upstream).encode(), content_type=JSON_CONTENT_TYPE
+        )
     retry = exc.retry_after_s
     if retry is None and isinstance(exc, Unavailable):
         retry = 1.0

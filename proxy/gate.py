@@ -15,7 +15,7 @@ import hashlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -40,11 +40,24 @@ class ConnectionKey:
 
     @property
     def id(self) -> str:
-        """A stable one-way name for logs, metrics, admin views and Redis keys."""
-        raw = "\x1f".join(
-            (self.app_id, self.consumer_id, self.unified_api, self.service_id, self.credential)
+        """A stable one-way name for this caller's view: logs, metrics, admin views."""
+        return _hash(
+            self.app_id, self.consumer_id, self.unified_api, self.service_id, self.credential
         )
-        return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+    @property
+    def connection_id(self) -> str:
+        """The Apideck connection itself, whoever calls it: what validates serialise on.
+
+        Two API keys of one app (a key rotation) reach the same connection; their validates
+        must never overlap, and one may adopt the other's fresh token.
+        """
+        return _hash(self.app_id, self.consumer_id, self.unified_api, self.service_id)
+
+
+def _hash(*parts: str) -> str:
+    raw = "\x1f".join(parts)
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,7 @@ class _Entry:
     ahead_not_before: float = 0.0
     transient_failures: int = 0  # consecutive validates that failed transiently
     next_validate_at: float = 0.0  # monotonic: no new validate before this after a failure
+    replay_paused_until: float = 0.0  # monotonic: token 401s pass through without a validate
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -173,6 +187,54 @@ class Lease:
             e.drained.set()
 
 
+class _Siblings:
+    """In-process twin of `Coordination`, always on: one validate at a time per Apideck
+    connection across the gate's entries for different API keys, and their freshest state."""
+
+    def __init__(self, max_states: int) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._states: OrderedDict[str, SharedState] = OrderedDict()
+        self._max_states = max_states
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, connection_id: str, wait_s: float) -> AsyncIterator[None]:
+        lock, users = self._locks.get(connection_id, (asyncio.Lock(), 0))
+        self._locks[connection_id] = (lock, users + 1)
+        acquired = False
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lock.acquire(), wait_s)
+                acquired = True
+            yield
+        finally:
+            if acquired:
+                lock.release()
+            lock, users = self._locks[connection_id]
+            if users <= 1:
+                del self._locks[connection_id]
+            else:
+                self._locks[connection_id] = (lock, users - 1)
+
+    def read(self, connection_id: str) -> SharedState | None:
+        return self._states.get(connection_id)
+
+    def publish(self, connection_id: str, state: SharedState) -> None:
+        if state.expires_at is None:
+            return  # a failure is one caller's (its key may be the wrong one): never shared
+        self._states[connection_id] = state
+        self._states.move_to_end(connection_id)
+        while len(self._states) > self._max_states:
+            self._states.popitem(last=False)
+
+
+def _fresher(a: SharedState | None, b: SharedState | None) -> SharedState | None:
+    if a is None or a.expires_at is None:
+        return b
+    if b is None or b.expires_at is None:
+        return a
+    return a if a.expires_at >= b.expires_at else b
+
+
 class Gate:
     def __init__(
         self,
@@ -185,6 +247,7 @@ class Gate:
         self._policy = policy
         self._validator = validator
         self._coord = coordination or LocalCoordination()
+        self._siblings = _Siblings(policy.max_connections)
         self._obs: GateObserver = observer or NullObserver()
         self._clock = clock
         self._entries: OrderedDict[ConnectionKey, _Entry] = OrderedDict()
@@ -209,10 +272,6 @@ class Gate:
                 self._raise_if_cooling(entry)
                 if self._may_pass(entry, replayable):
                     return self._lease(entry, replayable, time.monotonic() - started)
-                if entry.task is None:
-                    self._start_validate(entry, _Mode.HOLD, reason=self._why(entry))
-                wake = entry.wake
-                assert wake is not None
                 if not counted:
                     if entry.waiters >= self._policy.max_waiters:
                         raise Overloaded(
@@ -227,6 +286,17 @@ class Gate:
                     raise self._hold_timeout()
                 if self._holding_stopped:
                     raise self._shutting_down()
+                if entry.task is None:
+                    pause = entry.next_validate_at - time.monotonic()
+                    if pause > 0:
+                        # Vault asked for (or failures earned) a pause: no validate before it.
+                        if pause >= remaining:
+                            raise self._hold_timeout(retry_after_s=pause)
+                        await asyncio.sleep(pause)
+                        continue
+                    self._start_validate(entry, _Mode.HOLD, reason=self._why(entry))
+                wake = entry.wake
+                assert wake is not None
                 # shield: a waiter that disconnects or times out must never cancel the wake-up
                 # the other waiters share (nor the validate, which runs in its own task).
                 try:
@@ -254,6 +324,18 @@ class Gate:
         elif entry.task is not None and entry.generation == lease.generation:
             entry.mode = _Mode.HOLD
         return await self.admit(lease.key, credentials, replayable=lease.replayable)
+
+    def replay_allowed(self, key: ConnectionKey) -> bool:
+        """May a token 401 on this connection trigger a validate and a replay right now?"""
+        entry = self._entries.get(key)
+        return entry is None or time.monotonic() >= entry.replay_paused_until
+
+    def replay_failed(self, key: ConnectionKey) -> None:
+        """A replay on a freshly validated token got a token 401 again: the connection needs
+        re-authorisation, not validates. Pause replays for a cooldown."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.replay_paused_until = time.monotonic() + self._policy.fatal_cooldown_s
 
     def _may_pass(self, entry: _Entry, replayable: bool) -> bool:
         if entry.task is not None:
@@ -300,9 +382,11 @@ class Gate:
             entry.cooldown_error = None
             return
         err = entry.cooldown_error
-        raise ValidationFailed(
+        again = ValidationFailed(
             err.message, detail=err.detail, retry_after_s=remaining, status=err.status
         )
+        again.upstream_body = err.upstream_body
+        raise again
 
     def _shutting_down(self) -> ShuttingDown:
         return ShuttingDown(
@@ -310,11 +394,11 @@ class Gate:
             retry_after_s=1.0,
         )
 
-    def _hold_timeout(self) -> HoldTimeout:
+    def _hold_timeout(self, retry_after_s: float = 1.0) -> HoldTimeout:
         return HoldTimeout(
             "timed out waiting for the connection's token to be validated",
             detail={"hold_timeout_s": self._policy.hold_timeout_s},
-            retry_after_s=1.0,
+            retry_after_s=retry_after_s,
         )
 
     # -- the connection table --------------------------------------------------------------
@@ -359,9 +443,7 @@ class Gate:
         entry.mode = mode
         loop = asyncio.get_running_loop()
         entry.wake = loop.create_future()
-        task = loop.create_task(
-            self._validate(entry, reason), name=f"validate:{entry.key.id}"
-        )
+        task = loop.create_task(self._validate(entry, reason), name=f"validate:{entry.key.id}")
         entry.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -372,8 +454,9 @@ class Gate:
         outcome = "error"
         try:
             await self._drain(entry)
-            async with self._coord.exclusive(key.id, self._policy.hold_timeout_s):
-                shared = await self._coord.read(key.id)
+            cid, wait_s = key.connection_id, self._policy.hold_timeout_s
+            async with self._siblings.exclusive(cid, wait_s), self._coord.exclusive(cid, wait_s):
+                shared = _fresher(self._siblings.read(cid), await self._coord.read(cid))
                 if self._adopt(entry, shared):
                     outcome = "adopted"
                     return
@@ -444,7 +527,9 @@ class Gate:
                 entry.validated_at = sent_at
                 entry.expires_at = sent_at + self._policy.ttl_for(key.service_id)
                 entry.cooldown_until = entry.cooldown_error = None
-                await self._coord.publish(key.id, SharedState(sent_at, entry.expires_at, None))
+                state = SharedState(sent_at, entry.expires_at, None)
+                self._siblings.publish(key.connection_id, state)
+                await self._coord.publish(key.connection_id, state)
                 return "ok"
             if result.outcome is Outcome.FATAL:
                 cooldown = result.retry_after_s
@@ -453,7 +538,9 @@ class Gate:
                 entry.cooldown_until = self._clock() + cooldown
                 entry.cooldown_error = result.error or ValidationFailed("validate failed")
                 entry.expires_at = None
-                await self._coord.publish(key.id, SharedState(None, None, entry.cooldown_until))
+                await self._coord.publish(
+                    key.connection_id, SharedState(None, None, entry.cooldown_until)
+                )
                 return "fatal"
             attempt += 1
             # Exponential backoff with full jitter, never shorter than the server asked for.
@@ -467,7 +554,7 @@ class Gate:
                 entry.transient_failures += 1
                 pause = min(
                     self._policy.backoff_cap_s * 6,
-                    self._policy.backoff_base_s * 2**entry.transient_failures,
+                    self._policy.backoff_base_s * 2 ** min(entry.transient_failures, 16),
                 )
                 entry.next_validate_at = time.monotonic() + max(pause, delay)
                 return "transient"
@@ -485,7 +572,7 @@ class Gate:
                 continue
             if mono - entry.last_used > self._policy.refresh_ahead_active_s:
                 continue  # idle connections are left alone
-            if mono < entry.ahead_not_before:
+            if mono < max(entry.ahead_not_before, entry.next_validate_at):
                 continue
             margin = self._policy.margin_for(entry.key.service_id)
             # The lead never exceeds half the token's usable life, so a lead configured longer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import MethodNotAllowed, Overloaded, ProxyError, to_response
+from proxy.errors import BadRequest, MethodNotAllowed, Overloaded, ProxyError, to_response
 from proxy.forward import Body, Forwarder, UpstreamBodyError
 from proxy.gate import ConnectionKey, Credentials, Gate, Lease
 from proxy.metrics import Metrics, api_label, method_label
@@ -80,6 +81,7 @@ class ProxyHandler:
         self._metrics = metrics
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._in_flight = 0
+        self._buffered_bytes = 0
         self._retrier = Retrier(
             RetryPolicy(
                 max_attempts=settings.retry_max_attempts,
@@ -112,6 +114,11 @@ class ProxyHandler:
             status = response.status
             return response
         except ProxyError as exc:
+            if _client_gone(request):
+                # Nobody to answer: the failure is the client's leaving, not the upstream's.
+                status = 499
+                ctx.extra["client_closed"] = True
+                return to_response(exc)
             self._metrics.rejected.labels(exc.type_name).inc()
             status = exc.status
             return to_response(exc)
@@ -119,6 +126,10 @@ class ProxyHandler:
             status = 502
             ctx.extra["aborted"] = "upstream body cut short"
             raise
+        except ClientGone:
+            status = 499
+            ctx.extra["client_closed"] = True
+            return web.Response(status=499)  # written nowhere: the transport is closed
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             status = 499  # the client went away mid-response
             raise
@@ -161,8 +172,32 @@ class ProxyHandler:
         headers = upstream_request_headers(
             as_received(request.raw_headers), api_key=self._api_key, app_id=self._settings.app_id
         )
-        body = await Body.from_request(request, self._settings.replay_max_body_bytes)
+        body = await self._read_body(request)
+        try:
+            return await self._forward(request, ctx, target, api, upload, headers, body)
+        finally:
+            self._buffered_bytes -= len(body.data or b"")
 
+    async def _read_body(self, request: web.Request) -> Body:
+        """Buffer small bodies (replayable) while the total buffered stays bounded; the rest,
+        and everything beyond the budget, streams."""
+        s = self._settings
+        length = request.content_length or 0
+        room = self._buffered_bytes + length <= s.max_buffered_bytes
+        body = await Body.from_request(request, s.replay_max_body_bytes if room else -1)
+        self._buffered_bytes += len(body.data or b"")
+        return body
+
+    async def _forward(
+        self,
+        request: web.Request,
+        ctx: _Ctx,
+        target: Any,
+        api: str,
+        upload: bool,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> web.StreamResponse:
         found = await self._connection(api, headers, ctx)
         if found is None:
             upstream = await self._send(request, target, headers, body, upload, ctx)
@@ -171,11 +206,16 @@ class ProxyHandler:
         key, credentials = found
         lease = await self._gate.admit(key, credentials, replayable=body.replayable)
         ctx.held_s += lease.held_s
+        if _client_gone(request):
+            # Held long enough for the client to give up: sending now could create a record
+            # the client will create again when it retries.
+            lease.release()
+            raise ClientGone
         upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
 
-        if upstream.status == 401 and body.replayable:
+        if upstream.status == 401 and body.replayable and self._gate.replay_allowed(key):
             prefix, complete = await _peek(upstream)
-            if not (complete and is_token_failure(prefix)):
+            if not (complete and is_token_failure(_decoded(prefix, upstream))):
                 return await self._forwarder.relay(request, upstream, prefix=prefix)
             upstream.release()
             # Started on a token that was rotated (or failed to refresh) under it: one
@@ -184,7 +224,17 @@ class ProxyHandler:
             lease = await self._gate.readmit_after_unauthorized(lease, credentials)
             ctx.held_s += lease.held_s
             ctx.replayed = True
+            if _client_gone(request):
+                lease.release()
+                raise ClientGone
             upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
+            if upstream.status == 401:
+                prefix, complete = await _peek(upstream)
+                if complete and is_token_failure(_decoded(prefix, upstream)):
+                    # A fresh token did not help: the connection itself is broken. Stop paying
+                    # a validate per request for it for a while.
+                    self._gate.replay_failed(key)
+                return await self._forwarder.relay(request, upstream, prefix=prefix)
         return await self._forwarder.relay(request, upstream)
 
     async def _send_leased(
@@ -230,6 +280,13 @@ class ProxyHandler:
         """The connection this request runs on, or None to forward it ungated."""
         if api not in DATA_APIS:
             return None  # vault, webhook, proxy, unknown paths: no connection token involved
+        for name in (CONSUMER_HEADER, AUTH_HEADER, APP_HEADER, SERVICE_HEADER):
+            if len(set(headers.getall(name, []))) > 1:
+                # The gate would key on one value while Apideck might act on another.
+                raise BadRequest(
+                    f"conflicting {name} headers",
+                    detail=f"send {name} once: it selects the connection",
+                )
         consumer = headers.get(CONSUMER_HEADER)
         authorization = headers.get(AUTH_HEADER)
         app_id = headers.get(APP_HEADER)
@@ -261,6 +318,27 @@ class ProxyHandler:
     def _ungated(self, ctx: _Ctx, reason: str) -> None:
         ctx.ungated_reason = reason
         self._metrics.ungated.labels(reason).inc()
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited."""
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _decoded(prefix: bytes, upstream: aiohttp.ClientResponse) -> bytes:
+    """The body as text for classification only; what is relayed stays byte for byte."""
+    encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
+            return zlib.decompressobj(wbits).decompress(prefix, 256 * 1024)
+        except zlib.error:
+            return b""
+    return prefix if encoding in ("", "identity") else b""
 
 
 async def _peek(upstream: aiohttp.ClientResponse, limit: int = 64 * 1024) -> tuple[bytes, bool]:

@@ -108,7 +108,7 @@ class VaultClient:
         headers = _headers(credentials) | {"Content-Type": "application/json"}
         try:
             async with self._session.post(
-                self._base.with_path(path), data=b"{}", headers=headers, timeout=self._timeout
+                join(self._base, path), data=b"{}", headers=headers, timeout=self._timeout
             ) as resp:
                 body = await _json(resp)
                 return self._classify(resp.status, resp.headers.get("Retry-After"), body)
@@ -133,6 +133,12 @@ class VaultClient:
                     ),
                 )
             return ValidateResult(Outcome.OK, status)
+        if status in (401, 403) and _about_the_api_key(body):
+            # The caller's own key or app id is wrong: answer exactly as Apideck would have,
+            # with its body. The short cooldown (per key fingerprint) only spares Vault.
+            error = ValidationFailed("Apideck refused the API key", status=status)
+            error.upstream_body = body
+            return ValidateResult(Outcome.FATAL, status, None, error)
         if status in _FATAL:
             cooldown = cooldown_from_detail(body, time.time())
             message = "Apideck refused to validate the connection"
@@ -143,6 +149,19 @@ class VaultClient:
             )
             return ValidateResult(Outcome.FATAL, status, cooldown, error)
         return ValidateResult(Outcome.TRANSIENT, status, retry_after_seconds(retry_after))
+
+
+def join(base: URL, path: str) -> URL:
+    """`base` + an absolute path, keeping any path prefix the base URL has (a gateway)."""
+    return URL(str(base).rstrip("/") + path, encoded=True)
+
+
+def _about_the_api_key(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    return body.get("type_name") in ("UnauthorizedError", "ForbiddenError", None) and not (
+        isinstance(body.get("detail"), dict)
+    )
 
 
 class ServiceResolver:
@@ -160,6 +179,8 @@ class ServiceResolver:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ttl_s = ttl_s
         self._cache: dict[tuple[str, ...], tuple[float, str | None]] = {}
+        # A lookup that failed for a passing reason is retried soon, not after the full TTL.
+        self._retry_s = min(5.0, ttl_s)
         self._pending: dict[tuple[str, ...], asyncio.Future[str | None]] = {}
         self._max_entries = 10_000
 
@@ -176,10 +197,11 @@ class ServiceResolver:
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            service = await self._lookup(unified_api, credentials)
+            service, definite = await self._lookup(unified_api, credentials)
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
-            self._cache[key] = (time.monotonic() + self._ttl_s, service)
+            ttl = self._ttl_s if definite else self._retry_s
+            self._cache[key] = (time.monotonic() + ttl, service)
             fut.set_result(service)
             return service
         except BaseException:
@@ -188,20 +210,21 @@ class ServiceResolver:
         finally:
             del self._pending[key]
 
-    async def _lookup(self, unified_api: str, credentials: Credentials) -> str | None:
-        url = self._base.with_path("/vault/connections").with_query(api=unified_api)
+    async def _lookup(self, unified_api: str, credentials: Credentials) -> tuple[str | None, bool]:
+        """The service, and whether the answer is definite (worth caching for the full TTL)."""
+        url = join(self._base, "/vault/connections").with_query(api=unified_api)
         try:
             async with self._session.get(
                 url, headers=_headers(credentials), timeout=self._timeout
             ) as resp:
                 if resp.status != 200:
-                    return None
+                    return None, resp.status < 500 and resp.status != 429
                 body = await _json(resp)
         except (aiohttp.ClientError, TimeoutError):
-            return None
+            return None, False
         rows = body.get("data") if isinstance(body, dict) else None
         if not isinstance(rows, list):
-            return None
+            return None, False
         candidates = [
             r.get("service_id")
             for r in rows
@@ -211,7 +234,7 @@ class ServiceResolver:
             and r.get("state") in (None, "callable", "authorized")
         ]
         services = {c for c in candidates if isinstance(c, str) and c}
-        return services.pop() if len(services) == 1 else None
+        return (services.pop() if len(services) == 1 else None), True
 
 
 _TOKEN_WORDS = ("token", "refresh", "invalid_grant", "expired", "credentials")

@@ -136,7 +136,7 @@ async def test_slow_upstream_gives_504_envelope(sim_and_proxy: SimProxy) -> None
 
 async def test_hanging_validate_does_not_leave_anything_stuck(sim_and_proxy: SimProxy) -> None:
     """A validate that hangs answers waiters with 503 at the hold timeout, and once the
-    upstream recovers the next request validates and succeeds."""
+    upstream recovers, a request sent after the advertised Retry-After validates and succeeds."""
     sim, proxy = await sim_and_proxy(proxy={"hold_timeout_s": 0.5, "validate_timeout_s": 0.3})
     sim.state.add_fault(
         FaultRule(kind="delay", delay_s=5.0, path_prefix="/vault/connections/crm", times=2)
@@ -147,7 +147,7 @@ async def test_hanging_validate_does_not_leave_anything_stuck(sim_and_proxy: Sim
         )
         assert {r[0] for r in held} == {503}
         sim.state.clear_faults()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(max(int(r[2]["Retry-After"]) for r in held))
         status, _, _ = await get(s, proxy.url + CONTACTS, headers=headers())
     assert status == 200
 
