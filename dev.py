@@ -32,6 +32,13 @@ def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
         sys.exit(code)
 
 
+def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
+    """Become the command (exec): signals reach it directly, and no orphan is left behind."""
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    os.chdir(ROOT)
+    os.execve(str(cmd[0]), [str(c) for c in cmd], env if env is not None else dict(os.environ))
+
+
 def ensure_venv(extra: str | None) -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"apideck-proxy needs Python 3.11 or newer, this is {sys.version.split()[0]}")
@@ -68,10 +75,10 @@ def main(argv: list[str]) -> None:
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
     if command == "demo":
         ensure_venv(None)
-        sh(BIN / "apideck-proxy", "demo", *rest)
+        run(BIN / "apideck-proxy", "demo", *rest)
     elif command == "proxy":
         ensure_venv(None)
-        sh(BIN / "apideck-proxy", *rest)
+        run(BIN / "apideck-proxy", *rest)
     elif command == "test":
         ensure_venv("test")
         ensure_redis()
@@ -79,7 +86,7 @@ def main(argv: list[str]) -> None:
         sh(BIN / "ruff", "check", "proxy", "tests", "dev.py", env=env)
         sh(BIN / "mypy", "--strict", "proxy", env=env)
         sh("bash", ".ci/lint-deploy.sh", env=env)
-        sh(BIN / "python", "-m", "pytest", "-q", *rest, env=env)
+        run(BIN / "python", "-m", "pytest", "-q", *rest, env=env)
     elif command == "bench":
         ensure_venv("test")
         sh(BIN / "python", "tests/bench_forwarding.py", *rest)

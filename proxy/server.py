@@ -34,22 +34,31 @@ class _EnvelopeRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
+        if isinstance(exc, ConnectionResetError):
+            # The client left mid-request: nothing to answer and nothing wrong with the proxy.
+            log.debug("client closed the connection", status=499)
+            resp = web.Response(status=499)
+            resp.force_close()
+            return resp
         if isinstance(exc, LineTooLong):
             status, type_name, text = (
                 431,
                 "RequestHeadersTooLargeError",
                 "request line or header too large",
             )
+            detail = "a request line or header field is longer than APIDECK_PROXY_MAX_HEADER_BYTES"
         elif isinstance(exc, BadHttpMessage):
             status, type_name, text = 400, "RequestValidationError", "malformed HTTP request"
+            # Only the kind of defect: the parser's own message quotes the offending bytes,
+            # which may be a credential.
+            detail = f"{type(exc).__name__}: the request is not valid HTTP/1.1"
         elif status == 504:
-            type_name, text = "UpstreamTimeoutError", "request timed out"
+            type_name, text, detail = "UpstreamTimeoutError", "request timed out", "timeout"
         else:
-            type_name, text = "ProxyInternalError", "internal error"
-        # Never a traceback, and only the parser's own short reason.
+            type_name, text, detail = "ProxyInternalError", "internal error", "internal error"
+        # Never a traceback, never request bytes.
         log.warning("rejected", status=status, reason=type(exc).__name__ if exc else None)
-        detail = getattr(exc, "message", None) if isinstance(exc, BadHttpMessage) else None
-        body = envelope(status, type_name, text, str(detail)[:200] if detail else text)
+        body = envelope(status, type_name, text, detail)
         resp = web.Response(
             status=status, body=json.dumps(body).encode(), content_type="application/json"
         )

@@ -5,6 +5,8 @@ Built once at start-up and handed to everything; knows nothing about HTTP or the
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 # Access-token lifetimes the providers document, in seconds. Where a provider lets the customer
 # shorten it (Salesforce session timeout), the shortest setting is used: estimating too long
@@ -68,19 +71,21 @@ class Settings(BaseSettings):
     # shortest common provider lifetime) because guessing long means serving an expired token.
     token_ttl_s: float = Field(1800.0, gt=0)
     # User entries are merged over the shipped tables, so naming one service keeps the others.
-    service_token_ttl_s: dict[str, float] = Field(default_factory=dict)
+    service_token_ttl_s: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     refresh_margin_s: float = 300.0
     # Apideck refreshes inside a request when the token expires within this window; a margin at
     # or below it would let requests reach Apideck while it refreshes on its own. Only the
     # simulator (where every lifetime is shrunk) has a reason to change it.
     upstream_refresh_window_s: float = Field(30.0, gt=0)
-    service_refresh_margin_s: dict[str, float] = Field(default_factory=dict)
+    service_refresh_margin_s: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 
     hold_timeout_s: float = Field(20.0, gt=0)
     drain_timeout_s: float = Field(5.0, ge=0)
     validate_timeout_s: float = Field(15.0, gt=0)
     fatal_cooldown_s: float = Field(30.0, ge=0)
     replay_max_body_bytes: int = Field(1_048_576, ge=0)
+    # All buffered bodies together stay below this; beyond it bodies stream (not replayable).
+    max_buffered_bytes: int = Field(64 * 1_048_576, ge=0)
     service_cache_ttl_s: float = Field(300.0, gt=0)
     refresh_ahead_s: float = Field(30.0, ge=0)
     refresh_ahead_active_s: float = Field(300.0, gt=0)
@@ -164,6 +169,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_level(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("service_token_ttl_s", "service_refresh_margin_s", mode="before")
+    @classmethod
+    def _json_object(cls, v: object) -> object:
+        # Decoded here rather than by pydantic-settings, so a typo is one line in the error
+        # list instead of an exception that hides every other problem.
+        if isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except ValueError:
+                raise ValueError('not valid JSON (expected e.g. {"xero": 1800})') from None
+        return v
 
     @field_validator("retry_methods", mode="before")
     @classmethod
@@ -257,10 +274,17 @@ class Settings(BaseSettings):
         for name in SECRET_FIELDS:
             if data.get(name) is not None:
                 data[name] = "********"
+        for name, value in data.items():
+            if isinstance(value, str) and "://" in value:
+                data[name] = _URL_USERINFO.sub(r"\1********@", value)
+            elif isinstance(value, list):
+                data[name] = sorted(value)  # sets print in a stable order
         return data
 
 
 SECRET_FIELDS = ("api_key", "redis_url")
+# user:password@ in a URL (a gateway in front of Apideck may take basic auth)
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.I)
 _PROBLEM_SEPARATOR = "\n"
 
 
@@ -275,35 +299,43 @@ class SettingsError(Exception):
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build settings from the environment (and `env_file`), reporting every error at once.
 
-    Pydantic skips cross-field checks once a field failed; so the failed fields are retried
-    with their defaults to surface the margin problems in the same report.
+    Pydantic stops at a value that is not even JSON and skips cross-field checks once a field
+    failed; so each failed field is retried with its default until every problem is listed.
     """
     if env_file is not None and not Path(env_file).is_file():
         raise SettingsError([f"env file {env_file}: not found"])
-    try:
-        return _build(env_file, overrides)
-    except ValidationError as exc:
-        lines = _lines(exc)
-        failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        if failed:
-            retry = {k: v for k, v in overrides.items() if k not in failed}
-            retry.update(
+    lines: list[str] = []
+    forced: dict[str, Any] = {}
+    for _ in range(len(Settings.model_fields) + 1):
+        try:
+            settings = _build(env_file, {**overrides, **forced})
+        except PydanticSettingsError as exc:
+            match = re.search(r'field "([a-z0-9_]+)"', str(exc))
+            if match is None or match.group(1) in forced:
+                lines.append(f"settings: {str(exc).split(' from source')[0]}")
+                break
+            field = match.group(1)
+            lines.append(f"APIDECK_PROXY_{field.upper()}: not valid JSON")
+            forced[field] = Settings.model_fields[field].get_default(call_default_factory=True)
+            continue
+        except ValidationError as exc:
+            new = [line for line in _lines(exc) if line not in lines]
+            lines += new
+            failed = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - set(forced)
+            if not failed:
+                break  # only cross-field problems left: all reported
+            forced.update(
                 {
                     name: Settings.model_fields[name].get_default(call_default_factory=True)
                     for name in failed
                     if name in Settings.model_fields
                 }
             )
-            try:
-                _build(env_file, retry)
-            except ValidationError as again:
-                lines += [
-                    line
-                    for line in _lines(again)
-                    if line not in lines
-                    and not any(line.startswith(f"APIDECK_PROXY_{f.upper()}:") for f in failed)
-                ]
-        raise SettingsError(lines) from None
+            continue
+        if not lines:
+            return settings
+        break
+    raise SettingsError(lines)
 
 
 def _build(env_file: str | Path | None, values: dict[str, Any]) -> Settings:
@@ -319,5 +351,6 @@ def _lines(exc: ValidationError) -> list[str]:
             lines.extend(message.split(_PROBLEM_SEPARATOR))
             continue
         # Never echo the offending value: it may be a secret.
-        lines.append(f"APIDECK_PROXY_{loc.upper()}: {err['msg']}")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"APIDECK_PROXY_{loc.upper()}: {message}")
     return lines

@@ -22,7 +22,8 @@ def assert_clean(body: bytes, *secrets: str) -> dict[str, object]:
 
 
 async def test_validation_failed_envelope_has_no_key(sim_proxy: SimProxy) -> None:
-    """A validate Vault refuses for a wrong API key answers 401 without echoing the key."""
+    """A validate Vault refuses for a wrong API key answers Apideck's own 401 (as without the
+    proxy) without echoing the key."""
     _, proxy = await sim_proxy()
     async with aiohttp.ClientSession() as s:
         status, body, _ = await fetch(
@@ -33,7 +34,7 @@ async def test_validation_failed_envelope_has_no_key(sim_proxy: SimProxy) -> Non
         )
     assert status == 401
     envelope = assert_clean(body, WRONG_KEY, API_KEY)
-    assert envelope["type_name"] == "ConnectionValidationError"
+    assert envelope["type_name"] == "UnauthorizedError"
 
 
 async def test_502_envelope_has_no_token(sim_proxy: SimProxy) -> None:
@@ -80,3 +81,24 @@ async def test_unreachable_upstream_envelope_has_no_key(start_proxy: ProxyFactor
         status, body, _ = await fetch(s, "POST", proxy.url + "/vault/connections")
     assert status == 502
     assert_clean(body, API_KEY)
+
+
+async def test_parser_errors_do_not_echo_request_bytes(sim_proxy: SimProxy) -> None:
+    """400 and 431 bodies for unparsable requests never quote the request (it may hold a key)."""
+    import asyncio
+
+    _, proxy = await sim_proxy()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    secret = "SECRETSECRET" * 2000
+    for raw in (
+        f"GET /crm/contacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n",
+        f"GET /crm/contacts?api_key={secret} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nBad Header: SECRETSECRET\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw.encode())
+        await writer.drain()
+        answer = await reader.read(65536)
+        writer.close()
+        assert answer.split(b" ")[1] in (b"400", b"431")
+        assert b"SECRETSECRET" not in answer

@@ -224,3 +224,28 @@ def test_example_env_file_is_valid(
     code, out, err = check_config(capsys, "--env-file", str(ENV_EXAMPLE))
     assert code == 0, err
     assert json.loads(out)["port"] == 8475
+
+
+def test_invalid_json_is_one_line_among_the_others(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON typo in a table setting is reported as one line with every other problem, not
+    as a traceback."""
+    env.setenv("APIDECK_PROXY_SERVICE_TOKEN_TTL_S", "{bad")
+    env.setenv("APIDECK_PROXY_PORT", "70000")
+    code, _, err = check_config(capsys)
+    assert code != 0
+    assert "Traceback" not in err
+    assert "APIDECK_PROXY_SERVICE_TOKEN_TTL_S: not valid JSON" in err
+    assert "APIDECK_PROXY_PORT" in err
+
+
+def test_check_config_masks_credentials_in_urls(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """user:password in an upstream URL never reaches the printed settings."""
+    env.setenv("APIDECK_PROXY_UPSTREAM_URL", "https://gw-user:gw-pass-123@gw.example/apideck")
+    code, out, _ = check_config(capsys)
+    assert code == 0
+    assert "gw-pass-123" not in out and "gw-user" not in out
+    assert json.loads(out)["upstream_url"].startswith("https://********@gw.example")
