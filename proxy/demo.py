@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,13 +127,14 @@ async def _run(args: argparse.Namespace) -> int:
         await sim_runner.cleanup()
     print(render_table(results))
     direct, proxied = results["direct"], results["via proxy"]
-    print(
-        f"\nStraight at the simulated Apideck, {direct.failures} of {direct.requests} requests "
+    summary = (
+        f"Straight at the simulated Apideck, {direct.failures} of {direct.requests} requests "
         f"failed and {_refreshes(direct.counters)} refreshes raced; through the proxy, "
         f"{proxied.failures} failed, with {proxied.counters['validates']} validate(s) for "
         f"{args.connections} connection(s). Held requests waited one validate; once tokens "
         "are known, requests pass straight through."
     )
+    print("\n" + textwrap.fill(summary, 88))
     return 0
 
 
