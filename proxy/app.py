@@ -21,6 +21,7 @@ from proxy.forward import Forwarder, Upstreams
 from proxy.gate import Gate, GatePolicy
 from proxy.handler import ProxyHandler
 from proxy.metrics import Metrics
+from proxy.server import ON_REJECT
 from proxy.settings import Settings
 from proxy.vault import ServiceResolver, VaultClient
 
@@ -198,6 +199,8 @@ def create_app(settings: Settings, coordination: Coordination | None = None) -> 
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle(coordination=coordination or LocalCoordination())
     late = app[HANDLER] = _LateHandler()
+    metrics_ = app[METRICS]
+    app[ON_REJECT] = lambda reason: metrics_.rejected.labels(reason).inc()
     app.router.add_get(RESERVED_PREFIX + "healthz", healthz)
     app.router.add_get(RESERVED_PREFIX + "readyz", readyz)
     app.router.add_get(RESERVED_PREFIX + "metrics", metrics)

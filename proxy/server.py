@@ -22,6 +22,10 @@ from proxy.errors import envelope
 log = structlog.get_logger("proxy.server")
 
 
+# What the app wants told when a request is refused before any handler ran (its metrics).
+ON_REJECT: web.AppKey[Callable[[str], None]] = web.AppKey("on_reject")
+
+
 class _EnvelopeRequestHandler(RequestHandler):
     """Requests aiohttp rejects before any handler runs still get Apideck's error envelope."""
 
@@ -58,6 +62,9 @@ class _EnvelopeRequestHandler(RequestHandler):
             type_name, text, detail = "ProxyInternalError", "internal error", "internal error"
         # Never a traceback, never request bytes.
         log.warning("rejected", status=status, reason=type(exc).__name__ if exc else None)
+        on_reject = getattr(self._manager, "on_reject", None)
+        if on_reject is not None:
+            on_reject(type_name)
         body = envelope(status, type_name, text, detail)
         resp = web.Response(
             status=status, body=json.dumps(body).encode(), content_type="application/json"
@@ -74,7 +81,8 @@ class _EnvelopeServer(Server):
 class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> Server:
         server = await super()._make_server()
-        server.__class__ = _EnvelopeServer  # only __call__ differs; no state is added
+        server.__class__ = _EnvelopeServer  # only __call__ differs
+        server.on_reject = self.app.get(ON_REJECT)  # type: ignore[attr-defined]  # set on the swapped class's instance
         return server
 
 

@@ -163,3 +163,17 @@ async def test_invented_methods_and_paths_do_not_create_label_values(sim_proxy: 
     fams = await scrape(proxy)
     assert label_values(fams, "apideck_proxy_requests", "method") == {"other"}
     assert label_values(fams, "apideck_proxy_requests", "unified_api") == {"other"}
+
+
+async def test_requests_refused_by_the_parser_are_counted(sim_proxy: Any) -> None:
+    """A request aiohttp cannot parse (oversize header) is counted in rejected_total too."""
+    _, proxy = await sim_proxy()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    await writer.drain()
+    await reader.read(65536)
+    writer.close()
+    async with aiohttp.ClientSession() as s, s.get(proxy.url + "/_proxy/metrics") as r:
+        text = await r.text()
+    assert 'apideck_proxy_rejected_total{reason="RequestHeadersTooLargeError"} 1.0' in text
