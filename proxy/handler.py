@@ -29,6 +29,7 @@ from proxy.routing import (
     CONSUMER_HEADER,
     DATA_APIS,
     SERVICE_HEADER,
+    Target,
     as_received,
     credential_fingerprint,
     first_segment,
@@ -63,6 +64,17 @@ class _Ctx:
     replayed: bool = False
     upstream_request_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One client request as it will be sent upstream (possibly twice: retry or replay)."""
+
+    request: web.Request
+    target: Target
+    headers: CIMultiDict[str]
+    body: Body
+    upload: bool
 
 
 class ProxyHandler:
@@ -167,14 +179,16 @@ class ProxyHandler:
         ctx.path = path_template(target.path)
         api = first_segment(target.path)
         ctx.unified_api = api or None
-        upload = is_upload_route(request.method, target.path)
         # Raw lines, not `.headers`: aiohttp respells well-known names, a proxy must not.
         headers = upstream_request_headers(
             as_received(request.raw_headers), api_key=self._api_key, app_id=self._settings.app_id
         )
         body = await self._read_body(request)
+        out = _Outgoing(
+            request, target, headers, body, is_upload_route(request.method, target.path)
+        )
         try:
-            return await self._forward(request, ctx, target, api, upload, headers, body)
+            return await self._forward(out, api, ctx)
         finally:
             self._buffered_bytes -= len(body.data or b"")
 
@@ -188,85 +202,60 @@ class ProxyHandler:
         self._buffered_bytes += len(body.data or b"")
         return body
 
-    async def _forward(
-        self,
-        request: web.Request,
-        ctx: _Ctx,
-        target: Any,
-        api: str,
-        upload: bool,
-        headers: CIMultiDict[str],
-        body: Body,
-    ) -> web.StreamResponse:
-        found = await self._connection(api, headers, ctx)
+    async def _forward(self, out: _Outgoing, api: str, ctx: _Ctx) -> web.StreamResponse:
+        found = await self._connection(api, out.headers, ctx)
         if found is None:
-            upstream = await self._send(request, target, headers, body, upload, ctx)
-            return await self._forwarder.relay(request, upstream)
+            return await self._forwarder.relay(out.request, await self._send(out, ctx))
 
         key, credentials = found
-        lease = await self._gate.admit(key, credentials, replayable=body.replayable)
+        lease = await self._gate.admit(key, credentials, replayable=out.body.replayable)
         ctx.held_s += lease.held_s
-        if _client_gone(request):
-            # Held long enough for the client to give up: sending now could create a record
-            # the client will create again when it retries.
-            lease.release()
-            raise ClientGone
-        upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
+        upstream = await self._send_leased(lease, out, ctx)
+        if upstream.status != 401 or not out.body.replayable:
+            return await self._forwarder.relay(out.request, upstream)
+        if not self._gate.replay_allowed(key):
+            return await self._forwarder.relay(out.request, upstream)
 
-        if upstream.status == 401 and body.replayable and self._gate.replay_allowed(key):
+        prefix, complete = await _peek(upstream)
+        if not (complete and is_token_failure(_decoded(prefix, upstream))):
+            return await self._forwarder.relay(out.request, upstream, prefix=prefix)
+        upstream.release()
+        # Started on a token that was rotated (or failed to refresh) under it: one coalesced
+        # validate, one replay, never a loop.
+        self._metrics.retries.labels("replay").inc()
+        lease = await self._gate.readmit_after_unauthorized(lease, credentials)
+        ctx.held_s += lease.held_s
+        ctx.replayed = True
+        upstream = await self._send_leased(lease, out, ctx)
+        if upstream.status == 401:
             prefix, complete = await _peek(upstream)
-            if not (complete and is_token_failure(_decoded(prefix, upstream))):
-                return await self._forwarder.relay(request, upstream, prefix=prefix)
-            upstream.release()
-            # Started on a token that was rotated (or failed to refresh) under it: one
-            # coalesced validate, one replay, never a loop.
-            self._metrics.retries.labels("replay").inc()
-            lease = await self._gate.readmit_after_unauthorized(lease, credentials)
-            ctx.held_s += lease.held_s
-            ctx.replayed = True
-            if _client_gone(request):
-                lease.release()
-                raise ClientGone
-            upstream = await self._send_leased(lease, request, target, headers, body, upload, ctx)
-            if upstream.status == 401:
-                prefix, complete = await _peek(upstream)
-                if complete and is_token_failure(_decoded(prefix, upstream)):
-                    # A fresh token did not help: the connection itself is broken. Stop paying
-                    # a validate per request for it for a while.
-                    self._gate.replay_failed(key)
-                return await self._forwarder.relay(request, upstream, prefix=prefix)
-        return await self._forwarder.relay(request, upstream)
+            if complete and is_token_failure(_decoded(prefix, upstream)):
+                # A fresh token did not help: the connection itself is broken. Stop paying a
+                # validate per request for it for a while.
+                self._gate.replay_failed(key)
+            return await self._forwarder.relay(out.request, upstream, prefix=prefix)
+        return await self._forwarder.relay(out.request, upstream)
 
-    async def _send_leased(
-        self,
-        lease: Lease,
-        request: web.Request,
-        target: Any,
-        headers: CIMultiDict[str],
-        body: Body,
-        upload: bool,
-        ctx: _Ctx,
-    ) -> aiohttp.ClientResponse:
+    async def _send_leased(self, lease: Lease, out: _Outgoing, ctx: _Ctx) -> aiohttp.ClientResponse:
         # The token is "in use" until Apideck answers; the body may stream on after that.
         try:
-            return await self._send(request, target, headers, body, upload, ctx)
+            if _client_gone(out.request):
+                # Held long enough for the client to give up: sending now could create a
+                # record the client will create again when it retries.
+                raise ClientGone
+            return await self._send(out, ctx)
         finally:
             lease.release()
 
-    async def _send(
-        self,
-        request: web.Request,
-        target: Any,
-        headers: CIMultiDict[str],
-        body: Body,
-        upload: bool,
-        ctx: _Ctx,
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, out: _Outgoing, ctx: _Ctx) -> aiohttp.ClientResponse:
         started = time.monotonic()
+        method = out.request.method
         upstream = await self._retrier.send(
-            lambda: self._forwarder.send(request.method, target, headers, body, upload=upload),
-            method=request.method,
-            replayable=body.replayable,
+            lambda: self._forwarder.send(
+                method, out.target, out.headers, out.body, upload=out.upload
+            ),
+            method=method,
+            replayable=out.body.replayable,
         )
         self._metrics.upstream_duration.labels(api_label(ctx.unified_api)).observe(
             time.monotonic() - started
