@@ -1,15 +1,18 @@
-"""Benchmark: what a held request costs, and what refresh-ahead saves.
+"""Benchmark: what a held request costs, what refresh-ahead saves, and what a flood of
+distinct consumers costs in memory.
 
     python tests/bench_gate.py [--lifetimes 10] [--ttl-s 1.5] [--refresh-latency-s 0.3]
 
 Runs the same multi-worker load against the simulator through the proxy, with refresh-ahead
 off and on, and prints a markdown table (figures, no assertions: machines here are noisy, so
-compare the two rows of one run).
+compare the two rows of one run); then admits 100,000 distinct consumers through a gate capped
+at 10,000 connections and prints the process's memory growth.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -41,6 +44,44 @@ async def main(args: argparse.Namespace) -> None:
         )
 
 
+async def flood(consumers: int = 100_000, cap: int = 10_000) -> None:
+    import time
+
+    import psutil
+
+    from proxy.gate import ConnectionKey, Credentials, Gate, GatePolicy, Outcome, ValidateResult
+
+    class Instant:
+        async def validate(self, key: ConnectionKey, c: Credentials) -> ValidateResult:
+            return ValidateResult(Outcome.OK, 200)
+
+    gate = Gate(
+        GatePolicy(ttl_for=lambda s: 100.0, margin_for=lambda s: 10.0, max_connections=cap),
+        Instant(),
+    )
+    creds = Credentials("Bearer k", "app", "c")
+
+    async def one(i: int) -> None:
+        lease = await gate.admit(ConnectionKey("app", f"flood-{i}", "crm", "x", "k"), creds)
+        lease.release()
+
+    rss = psutil.Process().memory_info
+    before, started = rss().rss, time.monotonic()
+    marks = []
+    for start in range(0, consumers, 1000):
+        await asyncio.gather(*(one(i) for i in range(start, start + 1000)))
+        if start + 1000 in (cap, consumers):
+            marks.append((start + 1000, rss().rss - before))
+    elapsed = time.monotonic() - started
+    await gate.close()
+    print(f"\nflood: {consumers:,} distinct consumers, table capped at {cap:,}\n")
+    print("| consumers admitted | table size | RSS growth MiB |")
+    print("|---:|---:|---:|")
+    for n, growth in marks:
+        print(f"| {n:,} | {min(n, cap):,} | {growth / 2**20:.1f} |")
+    print(f"\n{consumers / elapsed:,.0f} admissions/s, each with its own validate")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lifetimes", type=int, default=10)
@@ -49,3 +90,4 @@ if __name__ == "__main__":
     import uvloop
 
     uvloop.run(main(parser.parse_args()))
+    uvloop.run(flood())
