@@ -150,6 +150,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             hold_timeout_s=settings.hold_timeout_s,
             drain_timeout_s=settings.drain_timeout_s,
             fatal_cooldown_s=settings.fatal_cooldown_s,
+            validate_timeout_s=settings.validate_timeout_s,
             max_waiters=settings.max_waiters_per_connection,
             max_connections=settings.max_connections,
             idle_expiry_s=settings.connection_idle_expiry_s,

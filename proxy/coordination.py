@@ -26,8 +26,13 @@ class Coordination(ABC):
     @abstractmethod
     def exclusive(
         self, connection_id: str, wait_s: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the connection's validate right across replicas (best effort on timeout)."""
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the connection's validate right across replicas for the body of the block.
+
+        Yields True when this replica may validate (it holds the right, or coordination is
+        unavailable and it falls back to in-process), False when the wait ran out while
+        another live replica still holds it: then it must not validate beside it.
+        """
 
     @abstractmethod
     async def read(self, connection_id: str) -> SharedState | None:
@@ -51,12 +56,12 @@ class LocalCoordination(Coordination):
     """One process, no peers: nothing to share."""
 
     @contextlib.asynccontextmanager
-    async def _noop(self) -> AsyncIterator[None]:
-        yield
+    async def _noop(self) -> AsyncIterator[bool]:
+        yield True
 
     def exclusive(
         self, connection_id: str, wait_s: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
         return self._noop()
 
     async def read(self, connection_id: str) -> SharedState | None:

@@ -117,6 +117,10 @@ class _Hold:
     lost: bool = False
 
 
+# `_acquire`'s answer when the wait ran out while another replica holds the lock.
+_BUSY = _Hold("", "")
+
+
 class RedisCoordination(Coordination):
     """Coordinates every replica that shares one Redis; degrades to in-process on errors."""
 
@@ -198,7 +202,7 @@ class RedisCoordination(Coordination):
 
     def exclusive(
         self, connection_id: str, wait_s: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
         return self._exclusive(connection_id, wait_s)
 
     async def read(self, connection_id: str) -> SharedState | None:
@@ -239,16 +243,19 @@ class RedisCoordination(Coordination):
     # -- the lock --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, connection_id: str, wait_s: float) -> AsyncIterator[None]:
+    async def _exclusive(self, connection_id: str, wait_s: float) -> AsyncIterator[bool]:
         hold = await self._acquire(connection_id, wait_s)
         if hold is None:
-            yield
+            yield True  # Redis unavailable: in-process coordination only
+            return
+        if hold is _BUSY:
+            yield False  # another replica still holds it: do not validate beside it
             return
         renewing = asyncio.get_running_loop().create_task(
             self._keep(hold), name=f"lease:{connection_id}"
         )
         try:
-            yield
+            yield True
         finally:
             renewing.cancel()
             # wait, not await: an outer cancellation must still reach the caller.
@@ -256,7 +263,8 @@ class RedisCoordination(Coordination):
             await self._let_go(hold)
 
     async def _acquire(self, connection_id: str, wait_s: float) -> _Hold | None:
-        """The lock, or None to go on without it (Redis unavailable, or the wait ran out)."""
+        """The lock; None to go on without it (Redis unavailable); _BUSY when the wait ran out
+        while another replica holds it."""
         redis = self._available("exclusive")
         if redis is None:
             return None
@@ -279,7 +287,7 @@ class RedisCoordination(Coordination):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning("lock wait ran out", connection=connection_id, wait_s=wait_s)
-                    return None
+                    return _BUSY
                 # Jitter keeps replicas that missed the same message from polling in step.
                 poll = self._poll_s * random.uniform(0.5, 1.5)
                 with contextlib.suppress(TimeoutError):

@@ -119,6 +119,7 @@ class GatePolicy:
     fatal_cooldown_s: float = 30.0
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 5.0
+    validate_timeout_s: float = 15.0
     max_waiters: int = 1000
     max_connections: int = 10_000
     idle_expiry_s: float = 3600.0
@@ -197,7 +198,7 @@ class _Siblings:
         self._max_states = max_states
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, connection_id: str, wait_s: float) -> AsyncIterator[None]:
+    async def exclusive(self, connection_id: str, wait_s: float) -> AsyncIterator[bool]:
         lock, users = self._locks.get(connection_id, (asyncio.Lock(), 0))
         self._locks[connection_id] = (lock, users + 1)
         acquired = False
@@ -205,7 +206,7 @@ class _Siblings:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lock.acquire(), wait_s)
                 acquired = True
-            yield
+            yield acquired
         finally:
             if acquired:
                 lock.release()
@@ -454,13 +455,16 @@ class Gate:
         outcome = "error"
         try:
             await self._drain(entry)
-            cid, wait_s = key.connection_id, self._policy.hold_timeout_s
-            async with self._siblings.exclusive(cid, wait_s), self._coord.exclusive(cid, wait_s):
-                shared = _fresher(self._siblings.read(cid), await self._coord.read(cid))
-                if self._adopt(entry, shared):
-                    outcome = "adopted"
+            cid = key.connection_id
+            # Longer than any holder keeps the right (no attempt starts after its hold deadline,
+            # and one attempt lasts at most the validate timeout): running out means stuck.
+            wait_s = self._policy.hold_timeout_s + self._policy.validate_timeout_s + 1.0
+            async with self._siblings.exclusive(cid, wait_s) as local_ok:
+                if not local_ok:
+                    outcome = await self._adopt_or_validate(entry, started, may_validate=False)
                     return
-                outcome = await self._validate_with_retries(entry, started)
+                async with self._coord.exclusive(cid, wait_s) as fleet_ok:
+                    outcome = await self._adopt_or_validate(entry, started, may_validate=fleet_ok)
         except Exception as exc:
             # A bug or an unexpected answer must not leave waiters spinning on new validates:
             # share a short-lived failure, like a fatal outcome with a brief cooldown.
@@ -481,6 +485,7 @@ class Gate:
             log.info(
                 "validate",
                 connection=key.id,
+                connection_id=key.connection_id,
                 unified_api=key.unified_api,
                 service_id=key.service_id,
                 reason=reason,
@@ -488,6 +493,17 @@ class Gate:
                 generation=entry.generation,
                 duration_ms=round(duration * 1000, 1),
             )
+
+    async def _adopt_or_validate(self, entry: _Entry, started: float, *, may_validate: bool) -> str:
+        cid = entry.key.connection_id
+        shared = _fresher(self._siblings.read(cid), await self._coord.read(cid))
+        if self._adopt(entry, shared):
+            return "adopted"
+        if not may_validate:
+            # Someone else still holds the right to validate: never validate beside them.
+            entry.next_validate_at = time.monotonic() + self._policy.backoff_cap_s
+            return "busy"
+        return await self._validate_with_retries(entry, started)
 
     async def _drain(self, entry: _Entry) -> None:
         """Let requests already on the old token finish before validate rotates it (bounded)."""
@@ -502,14 +518,21 @@ class Gate:
         """Take another replica's fresher validate instead of sending our own."""
         if shared is None or shared.expires_at is None:
             return False
-        if entry.expires_at is not None and shared.expires_at <= entry.expires_at:
+        expires_at = shared.expires_at
+        if shared.validated_at is not None:
+            # Never trust another replica's lifetime beyond ours (a rolling settings change,
+            # a clock ahead): the token was issued at validated_at, our table says how long.
+            expires_at = min(
+                expires_at, shared.validated_at + self._policy.ttl_for(entry.key.service_id)
+            )
+        if entry.expires_at is not None and expires_at <= entry.expires_at:
             return False
         margin = self._policy.margin_for(entry.key.service_id)
-        if self._clock() >= shared.expires_at - margin:
+        if self._clock() >= expires_at - margin:
             return False
         entry.generation += 1
         entry.validated_at = shared.validated_at
-        entry.expires_at = shared.expires_at
+        entry.expires_at = expires_at
         return True
 
     async def _validate_with_retries(self, entry: _Entry, started: float) -> str:
@@ -537,10 +560,9 @@ class Gate:
                     cooldown = self._policy.fatal_cooldown_s
                 entry.cooldown_until = self._clock() + cooldown
                 entry.cooldown_error = result.error or ValidationFailed("validate failed")
+                # Not published: a failure may be this caller's own (a wrong key), and a late
+                # one must never wipe the fresh token another replica published meanwhile.
                 entry.expires_at = None
-                await self._coord.publish(
-                    key.connection_id, SharedState(None, None, entry.cooldown_until)
-                )
                 return "fatal"
             attempt += 1
             # Exponential backoff with full jitter, never shorter than the server asked for.
@@ -548,6 +570,8 @@ class Gate:
                 0, min(self._policy.backoff_cap_s, self._policy.backoff_base_s * 2**attempt)
             )
             delay = max(backoff, result.retry_after_s or 0.0)
+            # No attempt starts after the deadline, so a holder keeps the validate right for at
+            # most hold_timeout_s + validate_timeout_s: shorter than others wait for it.
             if self._outside_window(entry) or time.monotonic() + delay >= deadline:
                 # Waiters go ahead on the current token when it is still outside Apideck's
                 # window (see _may_pass); the next validate comes after a growing pause.

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
+from redis.connection import parse_url
 
 # Access-token lifetimes the providers document, in seconds. Where a provider lets the customer
 # shorten it (Salesforce session timeout), the shortest setting is used: estimating too long
@@ -144,6 +145,11 @@ class Settings(BaseSettings):
             if scheme not in ("redis", "rediss", "unix"):
                 # Never the value itself: it may carry a password.
                 raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            try:
+                parse_url(v.get_secret_value())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            except ValueError as exc:
+                # redis-py's own reason (a bad port, db or option); it quotes no credentials.
+                raise ValueError(f"not a valid Redis URL ({_scrubbed(str(exc))})") from None
         return v
 
     @field_validator("redis_lock_lease_s")
@@ -282,9 +288,14 @@ class Settings(BaseSettings):
         return data
 
 
+def _scrubbed(text: str) -> str:
+    return _URL_USERINFO_ANYWHERE.sub(r"\1********@", text)
+
+
 SECRET_FIELDS = ("api_key", "redis_url")
 # user:password@ in a URL (a gateway in front of Apideck may take basic auth)
 _URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.I)
+_URL_USERINFO_ANYWHERE = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]*@", re.I)
 _PROBLEM_SEPARATOR = "\n"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from proxy.coordination import LocalCoordination, SharedState
 from proxy.errors import HoldTimeout, Overloaded, ShuttingDown, ValidationFailed
 from proxy.gate import (
     ConnectionKey,
@@ -438,3 +439,59 @@ async def test_vault_blip_inside_apideck_window_keeps_holding() -> None:
     v.script = [ValidateResult(Outcome.TRANSIENT, 503)] * 2
     assert await admit_and_release(gate, key()) == 2  # retried until the 200
     assert len(v.calls) == 4
+
+
+async def test_a_slow_holder_is_waited_for_not_overlapped() -> None:
+    """A validate slower than the hold timeout keeps the connection's validate right: a second
+    API key for the same connection waits for it and adopts, never validating beside it."""
+    active: dict[str, int] = {}
+    overlap = 0
+    calls = 0
+
+    class Slow:
+        async def validate(self, k: ConnectionKey, c: Credentials) -> ValidateResult:
+            nonlocal overlap, calls
+            calls += 1
+            active[k.connection_id] = active.get(k.connection_id, 0) + 1
+            overlap = max(overlap, active[k.connection_id])
+            await asyncio.sleep(0.6)
+            active[k.connection_id] -= 1
+            return ValidateResult(Outcome.OK, 200)
+
+    gate = Gate(
+        GatePolicy(
+            ttl_for=lambda s: 100.0,
+            margin_for=lambda s: 10.0,
+            hold_timeout_s=0.3,
+            validate_timeout_s=1.0,
+        ),
+        Slow(),
+    )
+    results = await asyncio.gather(
+        admit_and_release(gate, key(cred="a")),
+        admit_and_release(gate, key(cred="b")),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, HoldTimeout) for r in results)  # both waited past their hold
+    await gate.wait_validations(3.0)
+    assert overlap == 1
+    assert calls == 1  # the second key adopted the first one's token
+    assert await admit_and_release(gate, key(cred="b")) == 1
+
+
+async def test_adopted_lifetime_never_exceeds_our_own() -> None:
+    """A state published by a replica with a longer lifetime (or a clock ahead) is capped at
+    validated_at + our own lifetime for the service."""
+    clock = Clock()
+
+    class Generous(LocalCoordination):
+        async def read(self, connection_id: str) -> SharedState | None:
+            return SharedState(clock.now, clock.now + 3600, None)
+
+    v = ScriptedValidator(delay_s=0.0)
+    gate = Gate(
+        GatePolicy(ttl_for=lambda s: 100.0, margin_for=lambda s: 10.0), v, Generous(), clock=clock
+    )
+    assert await admit_and_release(gate, key()) == 1  # adopted, no validate
+    assert v.calls == []
+    assert gate.snapshot()[0]["expires_in_s"] == pytest.approx(100.0)

@@ -249,3 +249,15 @@ def test_check_config_masks_credentials_in_urls(
     assert code == 0
     assert "gw-pass-123" not in out and "gw-user" not in out
     assert json.loads(out)["upstream_url"].startswith("https://********@gw.example")
+
+
+def test_malformed_redis_url_is_reported_without_its_password(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Redis URL redis-py cannot parse is a settings error at start-up, not a traceback
+    later, and its password never appears."""
+    env.setenv("APIDECK_PROXY_REDIS_URL", "redis://user:hunter2-pw@h:notaport/0")
+    code, out, err = check_config(capsys)
+    assert code != 0
+    assert "APIDECK_PROXY_REDIS_URL: not a valid Redis URL" in err
+    assert "hunter2-pw" not in out + err
