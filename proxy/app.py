@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ class Lifecycle:
     started: bool = False
     shutting_down: bool = False
     coordination: Coordination = field(default_factory=LocalCoordination)
+    # monotonic time by which shutdown must be over (SIGTERM + the grace); None while serving
+    stop_deadline: float | None = None
 
 
 class _LateHandler:
@@ -182,8 +185,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         ahead.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ahead
-        # A validate cut off mid-rotation helps nobody: let running ones finish first.
-        await gate.wait_validations(min(5.0, settings.shutdown_grace_s))
+        # A validate cut off mid-rotation helps nobody: let running ones finish first, within
+        # what is left of the grace (the orchestrator kills the process after it).
+        left = 5.0 if life.stop_deadline is None else life.stop_deadline - time.monotonic()
+        await gate.wait_validations(max(0.0, min(left, settings.shutdown_grace_s)))
         await gate.close()
         await life.coordination.close()
         await upstreams.close()

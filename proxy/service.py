@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 
@@ -37,7 +38,9 @@ async def serve_proxy(settings: Settings) -> None:
         coordination.count_fallbacks_with(app[METRICS].coordination_fallbacks.inc)
 
     def stopping() -> None:
-        app[LIFECYCLE].shutting_down = True
+        life = app[LIFECYCLE]
+        life.shutting_down = True
+        life.stop_deadline = time.monotonic() + settings.shutdown_grace_s
         gate = app[GATE]
         asyncio.get_running_loop().call_later(
             max(0.0, settings.shutdown_grace_s - _ANSWER_BEFORE_GRACE_S), gate.stop_holding
