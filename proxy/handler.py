@@ -279,18 +279,12 @@ class ProxyHandler:
         consumer = headers.get(CONSUMER_HEADER)
         authorization = headers.get(AUTH_HEADER)
         app_id = headers.get(APP_HEADER)
-        reason = (
-            "no_consumer_id"
-            if not consumer
-            else "no_credentials"
-            if not authorization
-            else "no_app_id"
-            if not app_id
-            else None
-        )
-        if reason is not None or not (consumer and authorization and app_id):
+        if not (consumer and authorization and app_id):
             # Apideck answers these itself (400/401); holding them would only add delay.
-            self._ungated(ctx, reason or "incomplete")
+            missing = (
+                "consumer_id" if not consumer else "credentials" if not authorization else "app_id"
+            )
+            self._ungated(ctx, f"no_{missing}")
             return None
         credentials = Credentials(authorization, app_id, consumer)
         fingerprint = credential_fingerprint(authorization)
