@@ -338,6 +338,13 @@ async def _counters(request: web.Request) -> web.Response:
     return web.json_response(request.app[SIM_STATE].counters())
 
 
+def _selection(body: dict[str, Any]) -> dict[str, str | None]:
+    """Which connections a control call is about (any of the three may be omitted)."""
+    return {
+        name: _optional_str(body, name) for name in ("consumer_id", "unified_api", "service_id")
+    }
+
+
 async def _reset(request: web.Request) -> web.Response:
     body = await _json_object(request)
     forget = bool(body.get("forget_connections", False))
@@ -350,32 +357,19 @@ async def _expire(request: web.Request) -> web.Response:
     expires_in_s = body.get("expires_in_s")
     if isinstance(expires_in_s, bool) or not isinstance(expires_in_s, int | float):
         raise errors.invalid_body("expires_in_s must be a number")
-    matched = request.app[SIM_STATE].expire(
-        float(expires_in_s),
-        consumer_id=_optional_str(body, "consumer_id"),
-        unified_api=_optional_str(body, "unified_api"),
-        service_id=_optional_str(body, "service_id"),
-    )
+    matched = request.app[SIM_STATE].expire(float(expires_in_s), **_selection(body))
     return web.json_response({"matched": matched})
 
 
 async def _reauthorize(request: web.Request) -> web.Response:
     body = await _json_object(request)
-    matched = request.app[SIM_STATE].reauthorize(
-        consumer_id=_optional_str(body, "consumer_id"),
-        unified_api=_optional_str(body, "unified_api"),
-        service_id=_optional_str(body, "service_id"),
-    )
+    matched = request.app[SIM_STATE].reauthorize(**_selection(body))
     return web.json_response({"matched": matched})
 
 
 async def _invalidate(request: web.Request) -> web.Response:
     body = await _json_object(request)
-    matched = request.app[SIM_STATE].invalidate(
-        consumer_id=_optional_str(body, "consumer_id"),
-        unified_api=_optional_str(body, "unified_api"),
-        service_id=_optional_str(body, "service_id"),
-    )
+    matched = request.app[SIM_STATE].invalidate(**_selection(body))
     return web.json_response({"matched": matched})
 
 
