@@ -140,7 +140,6 @@ class _Entry:
     key: ConnectionKey
     credentials: Credentials
     generation: int = 0
-    validated_at: float | None = None  # wall clock, when the last good validate was *sent*
     expires_at: float | None = None  # wall clock estimate
     cooldown_until: float | None = None
     cooldown_error: ValidationFailed | None = None
@@ -531,7 +530,6 @@ class Gate:
         if self._clock() >= expires_at - margin:
             return False
         entry.generation += 1
-        entry.validated_at = shared.validated_at
         entry.expires_at = expires_at
         return True
 
@@ -547,7 +545,6 @@ class Gate:
                 # The new token was issued somewhere between sending and the answer: count its
                 # life from the sending, the conservative end.
                 entry.generation += 1
-                entry.validated_at = sent_at
                 entry.expires_at = sent_at + self._policy.ttl_for(key.service_id)
                 entry.cooldown_until = entry.cooldown_error = None
                 state = SharedState(sent_at, entry.expires_at, None)

@@ -7,7 +7,6 @@ These calls go straight to the upstream session, never back through the gate.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from typing import Any
@@ -19,25 +18,12 @@ from yarl import URL
 
 from proxy.errors import ValidationFailed
 from proxy.gate import ConnectionKey, Credentials, Outcome, ValidateResult
+from proxy.retry import parse_wait_hint
 
 log = structlog.get_logger("proxy.vault")
 
 # Fatal answers: repeating the validate cannot help until someone fixes the connection.
 _FATAL = frozenset({400, 401, 402, 403, 404, 409, 422})
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Parse Retry-After: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def cooldown_from_detail(body: Any, now_s: float) -> float | None:
@@ -148,7 +134,7 @@ class VaultClient:
                 message, status=status, detail=_public_detail(body), retry_after_s=cooldown
             )
             return ValidateResult(Outcome.FATAL, status, cooldown, error)
-        return ValidateResult(Outcome.TRANSIENT, status, retry_after_seconds(retry_after))
+        return ValidateResult(Outcome.TRANSIENT, status, parse_wait_hint(retry_after))
 
 
 def join(base: URL, path: str) -> URL:
