@@ -84,10 +84,11 @@ def headers(
     consumer: str = "c1",
     service: str | None = "salesforce",
     api_key: str = API_KEY,
+    app_id: str = APP_ID,
 ) -> dict[str, str]:
     h = {
         "Authorization": f"Bearer {api_key}",
-        "x-apideck-app-id": APP_ID,
+        "x-apideck-app-id": app_id,
         "x-apideck-consumer-id": consumer,
     }
     if service:

@@ -17,7 +17,7 @@ from proxy.sim import errors, resources
 from proxy.sim.config import UNIFIED_APIS, SimConfig
 from proxy.sim.errors import SimError
 from proxy.sim.faults import FaultRule, parse_rule
-from proxy.sim.state import Channel, Outcome, SimState
+from proxy.sim.state import Channel, Connection, Outcome, SimState
 
 SIM_STATE = web.AppKey("sim_state", SimState)
 # Set on shutdown so that injected hangs end and the runner does not wait out its timeout.
@@ -279,22 +279,24 @@ def _data_body(
 # -- vault ---------------------------------------------------------------------------------
 
 
-def _known_connection(state: SimState, unified_api: str, service_id: str) -> None:
-    if service_id not in state.services_for(unified_api):
-        raise errors.connection_not_found(unified_api, service_id)
-
-
-async def _vault_validate(request: web.Request) -> web.Response:
+def _path_connection(request: web.Request) -> Connection:
+    """The caller's connection named by a /vault/connections/{api}/{service} path."""
     state = request.app[SIM_STATE]
     consumer_id = _consumer(request, state)
     unified_api = request.match_info["unified_api"]
     service_id = request.match_info["service_id"]
-    _known_connection(state, unified_api, service_id)
-    conn = state.connection(consumer_id, unified_api, service_id)
-    outcome = await state.validate(conn)
+    if service_id not in state.services_for(unified_api):
+        raise errors.connection_not_found(unified_api, service_id)
+    return state.connection(consumer_id, unified_api, service_id)
+
+
+async def _vault_validate(request: web.Request) -> web.Response:
+    conn = _path_connection(request)
+    outcome = await request.app[SIM_STATE].validate(conn)
     if outcome is not Outcome.OK:
         raise errors.for_outcome(outcome, conn.key)
-    return web.json_response(resources.validated(unified_api, service_id, conn.status))
+    key = conn.key
+    return web.json_response(resources.validated(key.unified_api, key.service_id, conn.status))
 
 
 async def _vault_list(request: web.Request) -> web.Response:
@@ -313,15 +315,9 @@ async def _vault_list(request: web.Request) -> web.Response:
 
 
 async def _vault_one(request: web.Request) -> web.Response:
-    state = request.app[SIM_STATE]
-    consumer_id = _consumer(request, state)
-    unified_api = request.match_info["unified_api"]
-    service_id = request.match_info["service_id"]
-    _known_connection(state, unified_api, service_id)
-    conn = state.connection(consumer_id, unified_api, service_id)
-    return web.json_response(
-        resources.connection_one(resources.connection(unified_api, service_id, conn.status))
-    )
+    conn = _path_connection(request)
+    item = resources.connection(conn.key.unified_api, conn.key.service_id, conn.status)
+    return web.json_response(resources.connection_one(item))
 
 
 # -- /_sim control -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from proxy.log import configure_logging
 from proxy.routing import credential_fingerprint
 from proxy.sim import SIM_STATE, SimConfig, SimState, start_sim
 from tests.conftest import ProxyFactory, Running
+from tests.simfixtures import headers
 
 # Distinctive values: if any of them shows up in a label, a log line or an error body, it leaked.
 API_KEY = "sk-SECRET-4f1d9c2be7a04e55"
@@ -30,14 +31,7 @@ APP_ID = "ops-app"
 def auth_headers(
     consumer: str = CONSUMER, service: str | None = "salesforce", api_key: str = API_KEY
 ) -> dict[str, str]:
-    h = {
-        "Authorization": f"Bearer {api_key}",
-        "x-apideck-app-id": APP_ID,
-        "x-apideck-consumer-id": consumer,
-    }
-    if service:
-        h["x-apideck-service-id"] = service
-    return h
+    return headers(consumer, service, api_key, APP_ID)
 
 
 def connection_id(consumer: str = CONSUMER, service: str = "salesforce") -> str:
