@@ -175,7 +175,10 @@ class ProxyHandler:
             raise MethodNotAllowed(
                 "CONNECT is not supported: this is not an open proxy", detail="method CONNECT"
             )
-        target = parse_target(request.raw_path, _own_authorities(request, self._settings))
+        raw = request.raw_path
+        # Only an absolute-form target needs the proxy's own names (rare; off the hot path).
+        own = () if raw.startswith("/") else _own_authorities(request, self._settings)
+        target = parse_target(raw, own)
         ctx.path = path_template(target.path)
         api = first_segment(target.path)
         ctx.unified_api = api or None
